@@ -1,0 +1,52 @@
+# The README's commands. `make help` lists them.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup repro test lint format smoke lab bench lock clean-notebooks
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -r requirements.txt
+	$(BIN)/pip install --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name bloodcells --display-name "Python (bloodcells)"
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv from requirements.txt and register its Jupyter kernel
+
+repro: setup ## run the whole study under params.yaml's profile (default: cpu)
+	$(BIN)/dvc repro
+
+lint: setup ## ruff check, ruff format --check, notebooks committed clean
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m bloodcells.notebooks --check notebooks/*.ipynb
+
+format: setup ## ruff format and fix, strip notebook outputs
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+	$(BIN)/python -m bloodcells.notebooks notebooks/*.ipynb
+
+test: lint ## lint, then the whole test suite (unit tests and the smoke DAG)
+	$(BIN)/python -m pytest
+
+smoke: setup ## only the end-to-end smoke run of the DAG on the sample
+	$(BIN)/python -m pytest -m e2e -v
+
+lab: setup ## JupyterLab on localhost (token on); saves strip outputs
+	$(BIN)/jupyter lab --config=jupyter_server_config.py
+
+lock: ## regenerate requirements.txt from requirements.in in a fresh venv
+	rm -rf /tmp/bloodcells-lock && $(PYTHON) -m venv /tmp/bloodcells-lock
+	/tmp/bloodcells-lock/bin/pip install -r requirements.in
+	/tmp/bloodcells-lock/bin/pip freeze --exclude-editable > requirements.txt
+
+clean-notebooks: setup ## strip outputs from notebooks in place
+	$(BIN)/python -m bloodcells.notebooks notebooks/*.ipynb

@@ -1,0 +1,158 @@
+"""The one params loader: ``params.yaml`` with the active profile's overlay applied.
+
+``params.yaml`` holds every knob at its default (``cpu``) value; ``profiles.<name>`` holds
+only what a profile changes. The base file is also the schema: an overlay or override that
+names a key the base does not have is an error that names the key and the allowed ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bloodcells.paths import project_root
+
+PROFILES = ("smoke", "cpu", "paper")
+
+
+class ParamsError(ValueError):
+    """A params.yaml key is missing, unknown or out of range."""
+
+
+def _merge(base: dict, overlay: Mapping, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        name = f"{where}.{key}" if where else str(key)
+        if key not in base:
+            allowed = ", ".join(sorted(map(str, base))) or "(none)"
+            raise ParamsError(f"Unknown params key '{name}'. Allowed keys here: {allowed}.")
+        if isinstance(base[key], dict) and isinstance(value, Mapping):
+            out[key] = _merge(base[key], value, name)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _require(params: dict, dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"Missing params key '{dotted}' in params.yaml.")
+        node = node[part]
+    return node
+
+
+def _check_fraction(params: dict, key: str) -> None:
+    value = _require(params, key)
+    if not isinstance(value, int | float) or not 0 < value < 1:
+        raise ParamsError(f"Params key '{key}' must be a number in (0, 1); got {value!r}.")
+
+
+def _check_positive_int(params: dict, key: str, minimum: int = 1) -> None:
+    value = _require(params, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ParamsError(f"Params key '{key}' must be an integer >= {minimum}; got {value!r}.")
+
+
+def validate(params: dict) -> dict:
+    """Check value ranges of the resolved params; return them unchanged."""
+    if params.get("profile") not in PROFILES:
+        raise ParamsError(
+            f"Params key 'profile' must be one of {', '.join(PROFILES)}; "
+            f"got {params.get('profile')!r}."
+        )
+    _check_fraction(params, "preprocess.test_size")
+    _check_fraction(params, "preprocess.val_size")
+    _check_positive_int(params, "preprocess.n_folds", minimum=2)
+    _check_positive_int(params, "preprocess.seed", minimum=0)
+    _check_positive_int(params, "preprocess.workers", minimum=0)
+    _check_positive_int(params, "preprocess.near_duplicate_max_distance", minimum=0)
+    sizes = _require(params, "preprocess.image_sizes")
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
+        raise ParamsError(
+            f"Params key 'preprocess.image_sizes' must be a non-empty list of integers; "
+            f"got {sizes!r}."
+        )
+    if any(s < 16 or s > 512 for s in sizes):
+        raise ParamsError(
+            f"Params key 'preprocess.image_sizes' values must lie in 16..512 px; got {sizes!r}."
+        )
+    sources = _require(params, "data.sources")
+    if not isinstance(sources, list) or not sources:
+        raise ParamsError("Params key 'data.sources' must be a non-empty list of sources.")
+    for i, src in enumerate(sources):
+        if not isinstance(src, dict) or set(src) - {"path", "url", "sha256"}:
+            raise ParamsError(
+                f"Params key 'data.sources[{i}]' must be a mapping with 'path' or 'url' "
+                f"(and optionally 'sha256'); got {src!r}."
+            )
+        if ("path" in src) == ("url" in src):
+            raise ParamsError(f"Params key 'data.sources[{i}]' needs exactly one of 'path', 'url'.")
+    return params
+
+
+def read_params_file(path: Path | None = None) -> dict:
+    path = path or project_root() / "params.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping at the top level.")
+    return raw
+
+
+def load_params(
+    path: Path | None = None,
+    profile: str | None = None,
+    overrides: Mapping | None = None,
+) -> dict:
+    """Return the resolved params: base, then the profile overlay, then ``overrides``.
+
+    The profile is ``params['profile']`` unless ``profile`` is given. The result has no
+    ``profiles`` key; it has ``profile`` naming the overlay that was applied.
+    """
+    raw = read_params_file(path)
+    profiles = raw.pop("profiles", {}) or {}
+    name = profile or raw.get("profile")
+    if name not in PROFILES:
+        raise ParamsError(
+            f"Params key 'profile' must be one of {', '.join(PROFILES)}; got {name!r}."
+        )
+    unknown = set(profiles) - set(PROFILES)
+    if unknown:
+        raise ParamsError(
+            f"Unknown profile(s) under 'profiles': {', '.join(sorted(unknown))}. "
+            f"Allowed: {', '.join(PROFILES)}."
+        )
+    raw["profile"] = name
+    params = _merge(raw, profiles.get(name) or {}, "")
+    if overrides:
+        params = _merge(params, overrides, "")
+    return validate(params)
+
+
+def params_hash(params: Mapping) -> str:
+    """A short, stable hash of a params (sub)tree, for provenance records."""
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def notebook_params(profile: str | None = None, **sections: dict | None) -> dict:
+    """Params for a notebook: params.yaml under ``profile``, with injected sections on top.
+
+    Under papermill the stage runner injects each section the notebook declares; in
+    JupyterLab those are ``None`` and the values come from params.yaml.
+    """
+    injected = {k: v for k, v in sections.items() if v is not None}
+    params = load_params(profile=profile)
+    params.update(injected)
+    return validate(params)

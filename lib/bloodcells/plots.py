@@ -1,0 +1,47 @@
+"""Figures shared by the notebooks. Each function draws one figure and returns it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from PIL import Image
+
+from bloodcells.paths import CLASSES
+
+
+def class_counts_bar(manifest: pd.DataFrame) -> plt.Figure:
+    """Images per class, stacked by split."""
+    table = manifest.groupby(["class", "split"]).size().unstack(fill_value=0).reindex(list(CLASSES))
+    table = table[[s for s in ("train", "val", "test") if s in table.columns]]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    table.plot.bar(stacked=True, ax=ax, color=sns.color_palette("deep", len(table.columns)))
+    ax.set_xlabel("")
+    ax.set_ylabel("images")
+    ax.set_title("Images per class and split (after cleaning)")
+    for i, total in enumerate(table.sum(axis=1)):
+        ax.text(i, total, str(total), ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(manifest: pd.DataFrame, raw_dir: Path, per_class: int = 6, seed: int = 0):
+    """A grid of randomly drawn cells, one row per class."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(
+        len(CLASSES), per_class, figsize=(per_class * 1.4, len(CLASSES) * 1.45)
+    )
+    for r, cls in enumerate(CLASSES):
+        paths = manifest.loc[manifest["class"] == cls, "path"].to_numpy()
+        chosen = rng.choice(paths, size=min(per_class, len(paths)), replace=False)
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c < len(chosen):
+                with Image.open(raw_dir / chosen[c]) as im:
+                    ax.imshow(im.convert("RGB"))
+        axes[r][0].set_title(cls, loc="left", fontsize=9)
+    fig.tight_layout()
+    return fig

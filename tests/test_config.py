@@ -1,0 +1,71 @@
+"""The params loader: profiles overlay the base, and bad keys fail naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bloodcells.config import ParamsError, load_params, params_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_profiles_overlay_the_base():
+    cpu = load_params(ROOT / "params.yaml", profile="cpu")
+    smoke = load_params(ROOT / "params.yaml", profile="smoke")
+    assert cpu["profile"] == "cpu" and smoke["profile"] == "smoke"
+    assert "pbc-sample" in smoke["data"]["sources"][0]["path"]
+    assert cpu["data"]["expect_complete"] is True
+    assert smoke["preprocess"]["seed"] == cpu["preprocess"]["seed"]  # untouched keys kept
+    assert "profiles" not in cpu
+    assert params_hash(cpu) != params_hash(smoke)
+
+
+def test_unknown_key_in_a_profile_names_the_key(tmp_path):
+    path = write(tmp_path, lambda r: r["profiles"]["smoke"]["preprocess"].update(sed=1))
+    with pytest.raises(ParamsError, match=r"Unknown params key 'preprocess\.sed'.*seed"):
+        load_params(path, profile="smoke")
+
+
+def test_unknown_profile(tmp_path):
+    path = write(tmp_path, lambda r: r.update(profile="gpu"))
+    with pytest.raises(ParamsError, match="'profile' must be one of smoke, cpu, paper"):
+        load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("test_size", 1.5, "preprocess.test_size"),
+        ("n_folds", 1, "preprocess.n_folds"),
+        ("image_sizes", [8], "preprocess.image_sizes"),
+        ("image_sizes", [], "preprocess.image_sizes"),
+    ],
+)
+def test_out_of_range_values_name_the_key(tmp_path, key, value, message):
+    path = write(tmp_path, lambda r: r["preprocess"].update({key: value}))
+    with pytest.raises(ParamsError, match=message):
+        load_params(path)
+
+
+def test_malformed_source(tmp_path):
+    path = write(tmp_path, lambda r: r["data"].update(sources=[{"file": "x"}]))
+    with pytest.raises(ParamsError, match=r"data\.sources\[0\]"):
+        load_params(path)
+
+
+def test_not_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("profile: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)

@@ -1,0 +1,81 @@
+"""Notebooks are committed clean, declare one parameters cell, and stages run them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from bloodcells import stage
+from bloodcells.notebooks import clean_notebook, dumps, pre_save_hook
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_clean_with_one_parameters_cell(path):
+    text = path.read_text()
+    assert dumps(clean_notebook(json.loads(text))) == text, f"run `make clean-notebooks`: {path}"
+    nb = json.loads(text)
+    tagged = [c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+
+
+def test_save_hook_strips_outputs_so_the_file_is_unchanged():
+    path = NOTEBOOKS[0]
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["hi\n"]}]
+            cell["execution_count"] = 3
+    nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.7"}
+    model = {"type": "notebook", "content": nb}
+    pre_save_hook(model)
+    assert dumps(model["content"]) == path.read_text()
+
+
+def make_notebook(path: Path, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    param = nbformat.v4.new_code_cell("profile = None\npreprocess = None\nother = 1")
+    param.metadata["tags"] = ["parameters"]
+    nb.cells = [param, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(nb, path)
+    return path
+
+
+def test_runner_injects_declared_sections_and_renders_html(tmp_path):
+    nb = make_notebook(tmp_path / "90_ok.ipynb", "print('seed', preprocess['seed'], other)")
+    params = {"profile": "smoke", "preprocess": {"seed": 42}, "data": {"x": 1}}
+    html = stage.run_notebook(nb, params, out_root=tmp_path / "reports")
+    assert html == tmp_path / "reports" / "90_ok.html"
+    executed = (tmp_path / "reports" / "notebooks" / "90_ok.ipynb").read_text()
+    assert "seed 42 1" in executed
+    assert '"data"' not in executed  # only declared sections are passed
+    assert "seed 42 1" in html.read_text()
+
+
+def test_failing_notebook_fails_the_stage_and_keeps_the_traceback(tmp_path):
+    nb = make_notebook(tmp_path / "91_bad.ipynb", "raise ValueError('broken on purpose')")
+    with pytest.raises(stage.StageFailed, match="broken on purpose"):
+        stage.run_notebook(nb, {"profile": "smoke"}, out_root=tmp_path / "reports")
+    executed = tmp_path / "reports" / "notebooks" / "91_bad.ipynb"
+    assert "broken on purpose" in executed.read_text()
+    assert "broken on purpose" in (tmp_path / "reports" / "91_bad.html").read_text()
+
+
+def test_missing_kernel_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(stage.KERNEL_ENV, "no-such-kernel")
+    with pytest.raises(stage.StageFailed, match="make setup"):
+        stage.kernel_name()

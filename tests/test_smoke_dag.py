@@ -1,0 +1,87 @@
+"""End to end: `dvc repro` of the whole DAG under the smoke profile, in a copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def project_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return [f for f in out.splitlines() if (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def smoke_project(tmp_path_factory, sample_dir) -> Path:
+    work = tmp_path_factory.mktemp("smoke") / "project"
+    for rel in project_files():
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, work / rel)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["profiles"]["smoke"]["data"]["sources"] = [{"path": str(sample_dir)}]
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("BLOODCELLS_ROOT", None)
+    run = subprocess.run(
+        ["dvc", "repro"], cwd=work, env=env, capture_output=True, text=True, timeout=1200
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    return work
+
+
+def test_every_stage_ran_and_left_its_outputs(smoke_project):
+    for out in (
+        "data/raw/PBC_dataset_normal_DIB/.verified",
+        "data/interim/manifest.csv",
+        "data/processed/32/train_x.npy",
+        "data/processed/75/test_y.npy",
+        "reports/notebooks/01_preprocessing.ipynb",
+        "metrics/preprocess.json",
+        "dvc.lock",
+    ):
+        assert (smoke_project / out).is_file(), out
+
+
+def test_preprocessing_report_shows_the_data_quality_numbers(smoke_project):
+    html = (smoke_project / "reports/01_preprocessing.html").read_text()
+    quality = json.loads((smoke_project / "data/interim/data_quality.json").read_text())
+    assert quality["images_kept"] == 106 and quality["files_scanned"] == 110
+    assert f"<strong>{quality['files_scanned']:,}</strong> files" in html
+    assert f"<strong>{quality['images_kept']:,}</strong> images are kept" in html
+    for finding in ("neutrophil/.DS_169665.jpg", "BA_809918.jpg", "EO_225902.jpg"):
+        assert finding in html
+    assert html.count("data:image/png;base64") >= 2  # figures embedded, readable offline
+    assert "Traceback" not in html
+
+
+def test_metrics_are_readable_by_dvc(smoke_project):
+    out = subprocess.run(
+        ["dvc", "metrics", "show", "--json"],
+        cwd=smoke_project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)[""]["data"]["metrics/preprocess.json"]["data"]
+    assert shown["images_kept"] == 106
+    assert shown["split_sizes"]["test"] + shown["split_sizes"]["train"] > 0
