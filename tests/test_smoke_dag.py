@@ -12,7 +12,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bloodcells.report import pct
 from tests.conftest import ROOT
+
+FAMILY_REPORTS = {
+    "cnn": "02_cnn",
+    "unet": "03_unet",
+    "resnet50": "04_resnet50",
+    "vgg16": "05_vgg16",
+    "densenet201": "06_densenet201",
+    "mobilenetv2": "07_mobilenetv2",
+    "inceptionv3": "08_inceptionv3",
+    "xception": "09_xception",
+}
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +50,10 @@ def smoke_project(tmp_path_factory, sample_dir) -> Path:
     params["profile"] = "smoke"
     params["profiles"]["smoke"]["data"]["sources"] = [{"path": str(sample_dir)}]
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=work, check=True)
+    git = ["git", "-c", "user.name=smoke", "-c", "user.email=smoke@localhost"]
+    subprocess.run([*git, "init", "-q"], cwd=work, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=work, check=True)
+    subprocess.run([*git, "commit", "-qm", "smoke"], cwd=work, check=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("BLOODCELLS_ROOT", None)
     run = subprocess.run(
@@ -53,9 +68,10 @@ def test_every_stage_ran_and_left_its_outputs(smoke_project):
         "data/raw/PBC_dataset_normal_DIB/.verified",
         "data/interim/manifest.csv",
         "data/processed/32/train_x.npy",
-        "data/processed/75/test_y.npy",
+        "data/processed/80/test_y.npy",
         "reports/notebooks/01_preprocessing.ipynb",
         "metrics/preprocess.json",
+        "metrics/xception.json",
         "dvc.lock",
     ):
         assert (smoke_project / out).is_file(), out
@@ -85,3 +101,38 @@ def test_metrics_are_readable_by_dvc(smoke_project):
     shown = json.loads(out.stdout)[""]["data"]["metrics/preprocess.json"]["data"]
     assert shown["images_kept"] == 106
     assert shown["split_sizes"]["test"] + shown["split_sizes"]["train"] > 0
+
+
+@pytest.mark.parametrize(("key", "notebook"), FAMILY_REPORTS.items())
+def test_family_report_shows_its_measured_numbers(smoke_project, key, notebook):
+    html = (smoke_project / f"reports/{notebook}.html").read_text()
+    assert "Traceback" not in html
+    metrics = json.loads((smoke_project / f"metrics/{key}.json").read_text())
+    variants = [v for v in metrics if v.startswith(key) and isinstance(metrics[v], dict)]
+    assert variants, metrics.keys()
+    for variant in variants:
+        record = json.loads(
+            (smoke_project / f"models/{key}/{variant}/evaluation.json").read_text()
+        )
+        assert pct(record["test"]["accuracy"]) in html  # the number the run measured
+        assert metrics[variant]["image_size"] == record["image_size"]
+        assert (smoke_project / f"models/{key}/{variant}/model.keras").is_file()
+    assert "paper (reported" in html
+    assert html.count("data:image/png;base64") >= 2
+
+
+def test_resnet_compares_both_optimizers(smoke_project):
+    metrics = json.loads((smoke_project / "metrics/resnet50.json").read_text())
+    assert {"resnet50_sgd", "resnet50_rmsprop"} <= set(metrics)
+
+
+def test_cnn_report_has_cross_validation_and_the_shuffling_verdict(smoke_project):
+    html = (smoke_project / "reports/02_cnn.html").read_text()
+    metrics = json.loads((smoke_project / "metrics/cnn.json").read_text())
+    cv, shuffling = metrics["cv"], metrics["shuffling"]
+    assert len(cv["folds"]) == 3
+    assert pct(cv["accuracy_mean"]) in html
+    orders = {r["order"] for r in shuffling["runs"]}
+    assert orders == {"class_sorted", "shuffled"}
+    assert pct(shuffling["summary"]["class_sorted"]["mean"]) in html
+    assert "twice the larger seed-to-seed sd" in html

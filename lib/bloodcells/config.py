@@ -25,15 +25,29 @@ class ParamsError(ValueError):
     """A params.yaml key is missing, unknown or out of range."""
 
 
-def _merge(base: dict, overlay: Mapping, where: str) -> dict:
+# Keys a family entry (models.<family>) may set besides its own: the shared train defaults.
+FAMILY_KEYS = ("learning_rate", "optimizers", "image_size", "epochs")
+
+
+def _merge(base: dict, overlay: Mapping, where: str, family_keys: frozenset = frozenset()) -> dict:
+    """Overlay ``overlay`` on ``base``; keys the base lacks are errors naming the key.
+
+    Inside a family entry (``models.<family>``) the shared ``train`` keys are allowed too.
+    """
     out = copy.deepcopy(base)
+    in_family = where.startswith("models.") and where.count(".") == 1
     for key, value in overlay.items():
         name = f"{where}.{key}" if where else str(key)
         if key not in base:
-            allowed = ", ".join(sorted(map(str, base))) or "(none)"
-            raise ParamsError(f"Unknown params key '{name}'. Allowed keys here: {allowed}.")
+            if in_family and key in family_keys:
+                out[key] = copy.deepcopy(value)
+                continue
+            allowed = set(map(str, base)) | (set(family_keys) if in_family else set())
+            raise ParamsError(
+                f"Unknown params key '{name}'. Allowed keys here: {', '.join(sorted(allowed))}."
+            )
         if isinstance(base[key], dict) and isinstance(value, Mapping):
-            out[key] = _merge(base[key], value, name)
+            out[key] = _merge(base[key], value, name, family_keys)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -83,6 +97,15 @@ def validate(params: dict) -> dict:
         raise ParamsError(
             f"Params key 'preprocess.image_sizes' values must lie in 16..512 px; got {sizes!r}."
         )
+    for key, entry in (params.get("models") or {}).items():
+        _check_positive_int(params, f"models.{key}.epochs")
+        _require(params, f"models.{key}.image_size")
+        for name, size in entry.items():
+            if name.endswith("image_size") and size not in sizes:
+                raise ParamsError(
+                    f"Params key 'models.{key}.{name}' is {size!r}, which is not among the "
+                    f"cached sizes 'preprocess.image_sizes' {sizes}; add it there."
+                )
     sources = _require(params, "data.sources")
     if not isinstance(sources, list) or not sources:
         raise ParamsError("Params key 'data.sources' must be a non-empty list of sources.")
@@ -134,9 +157,10 @@ def load_params(
             f"Allowed: {', '.join(PROFILES)}."
         )
     raw["profile"] = name
-    params = _merge(raw, profiles.get(name) or {}, "")
+    family_keys = frozenset(FAMILY_KEYS) | frozenset(raw.get("train") or {})
+    params = _merge(raw, profiles.get(name) or {}, "", family_keys)
     if overrides:
-        params = _merge(params, overrides, "")
+        params = _merge(params, overrides, "", family_keys)
     return validate(params)
 
 

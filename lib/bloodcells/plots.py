@@ -45,3 +45,45 @@ def sample_grid(manifest: pd.DataFrame, raw_dir: Path, per_class: int = 6, seed:
         axes[r][0].set_title(cls, loc="left", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def training_curves(history: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Loss and accuracy per epoch, training and validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    epochs = np.arange(1, len(history) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for col, style in ((metric, "-o"), (f"val_{metric}", "--o")):
+            if col in history:
+                ax.plot(epochs, history[col].to_numpy(), style, label=col, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrices(test: dict, title: str = "") -> plt.Figure:
+    """Confusion matrix on the test split: counts and row-normalised (recall per class)."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    kinds = (
+        ("confusion_matrix", "d", "counts"),
+        ("confusion_matrix_normalized", ".2f", "row-normalised"),
+    )
+    for ax, (key, fmt, name) in zip(axes, kinds, strict=True):
+        sns.heatmap(
+            np.array(test[key]),
+            annot=True,
+            fmt=fmt,
+            cmap="Blues",
+            cbar=False,
+            xticklabels=CLASSES,
+            yticklabels=CLASSES,
+            ax=ax,
+            annot_kws={"size": 7},
+        )
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{title} {name}".strip())
+    fig.tight_layout()
+    return fig

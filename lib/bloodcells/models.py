@@ -1,0 +1,256 @@
+"""Model builders: one registry for every family of the study.
+
+Every model takes raw pixels (``uint8`` or float in 0..255, NHWC) and does its own input
+scaling in a serialisable :class:`Preprocess` layer, so a saved model carries its
+preprocessing and predicting needs no guesswork. Backbones come from
+``keras.applications`` with the paper's heads (global average pooling, dense, dropout,
+softmax). Weights are explicit: ``"imagenet"`` or ``"none"``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+from keras import layers
+
+WEIGHTS = ("none", "imagenet")
+# Keras's default BatchNormalization momentum (0.99) lets the moving statistics lag far
+# behind fast-changing weights in the few epochs a CPU budget allows: a model trained from
+# scratch for one epoch then scores at chance in inference mode. 0.9 tracks them closely.
+BN_MOMENTUM = 0.9
+
+
+class ModelConfigError(ValueError):
+    """A model setting is invalid; the message names the params key."""
+
+
+@keras.saving.register_keras_serializable(package="bloodcells")
+class Preprocess(layers.Layer):
+    """Scale 0..255 RGB pixels the way a backbone expects.
+
+    ``unit``: [0, 1]; ``tf``: [-1, 1]; ``caffe``: BGR minus ImageNet means; ``torch``:
+    [0, 1] normalised by ImageNet mean and std.
+    """
+
+    MEAN = (0.485, 0.456, 0.406)
+    STD = (0.229, 0.224, 0.225)
+    CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def __init__(self, mode: str = "unit", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("unit", "tf", "caffe", "torch"):
+            raise ValueError(f"Unknown preprocessing mode {mode!r}.")
+        self.mode = mode
+
+    def call(self, x):
+        x = keras.ops.cast(x, "float32")
+        if self.mode == "unit":
+            return x / 255.0
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "caffe":
+            return x[..., ::-1] - keras.ops.convert_to_tensor(self.CAFFE_MEAN_BGR)
+        mean = keras.ops.convert_to_tensor(self.MEAN)
+        std = keras.ops.convert_to_tensor(self.STD)
+        return (x / 255.0 - mean) / std
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the registry knows of a family: its backbone, input scaling and minimum size."""
+
+    name: str
+    application: str | None  # keras.applications constructor, None for our own nets
+    preprocess: str
+    min_size: int
+    weights_file: str | None = None  # the notop file Keras caches for imagenet
+
+
+FAMILIES: dict[str, Family] = {
+    "cnn": Family("cnn", None, "unit", 16),
+    "unet": Family("unet", None, "unit", 16),
+    "resnet50": Family(
+        "resnet50", "ResNet50", "caffe", 32, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
+    "vgg16": Family(
+        "vgg16", "VGG16", "caffe", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
+    "densenet201": Family(
+        "densenet201",
+        "DenseNet201",
+        "torch",
+        32,
+        "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "mobilenetv2": Family(
+        "mobilenetv2",
+        "MobileNetV2",
+        "tf",
+        32,
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+    ),
+    "inceptionv3": Family(
+        "inceptionv3",
+        "InceptionV3",
+        "tf",
+        75,
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "xception": Family(
+        "xception", "Xception", "tf", 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    ),
+    "resnet50v2": Family(
+        "resnet50v2",
+        "ResNet50V2",
+        "tf",
+        32,
+        "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+}
+
+
+def get_family(name: str, key: str = "family") -> Family:
+    if name not in FAMILIES:
+        raise ModelConfigError(
+            f"Unknown model family {name!r} (params key '{key}'). "
+            f"Known families: {', '.join(FAMILIES)}."
+        )
+    return FAMILIES[name]
+
+
+def check_size(family: Family, image_size: int, key: str = "image_size") -> None:
+    if not isinstance(image_size, int) or image_size < family.min_size:
+        raise ModelConfigError(
+            f"Params key '{key}' is {image_size!r}, but {family.name} needs images of at "
+            f"least {family.min_size} px."
+        )
+    if family.name == "unet" and image_size % 8:
+        raise ModelConfigError(
+            f"Params key '{key}' is {image_size}; the U-Net pools three times, so the size "
+            "must be a multiple of 8."
+        )
+
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def check_weights(family: Family, weights: str, key: str = "weights") -> None:
+    if weights not in WEIGHTS:
+        raise ModelConfigError(f"Params key '{key}' is {weights!r}; allowed: {', '.join(WEIGHTS)}.")
+    if weights == "imagenet" and family.application is None:
+        raise ModelConfigError(
+            f"Params key '{key}': {family.name} has no ImageNet weights; use 'none'."
+        )
+
+
+def _imagenet_backbone(family: Family, image_size: int):
+    ctor = getattr(keras.applications, family.application)
+    try:
+        return ctor(include_top=False, weights="imagenet", input_shape=(image_size, image_size, 3))
+    except Exception as exc:  # Keras raises whatever the download raised
+        raise ModelConfigError(
+            f"ImageNet weights for {family.name} could not be loaded ({type(exc).__name__}: "
+            f"{exc}). They are downloaded on first use; offline, copy "
+            f"'{family.weights_file}' into {keras_cache_dir()} (Keras's cache folder, "
+            "KERAS_HOME/models), or set the family's 'weights' to 'none'."
+        ) from exc
+
+
+def conv_block(x, filters: int, name: str):
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+def _cnn_features(x, widths=(32, 64, 128, 256)):
+    """The baseline sequential CNN: conv blocks, each followed by max pooling."""
+    for i, w in enumerate(widths):
+        x = conv_block(x, w, f"block{i + 1}")
+        x = layers.MaxPooling2D(name=f"block{i + 1}_pool")(x)
+    return x
+
+
+def _unet_features(x, widths=(32, 64, 128), bottleneck: int = 256):
+    """A U-Net encoder-decoder; its full-resolution output map feeds the classifier."""
+    skips = []
+    for i, w in enumerate(widths):
+        x = conv_block(x, w, f"enc{i + 1}")
+        skips.append(x)
+        x = layers.MaxPooling2D(name=f"enc{i + 1}_pool")(x)
+    x = conv_block(x, bottleneck, "bottleneck")
+    for i, (w, skip) in reversed(list(enumerate(zip(widths, skips, strict=True)))):
+        x = layers.Conv2DTranspose(w, 2, strides=2, name=f"dec{i + 1}_up")(x)
+        x = layers.Concatenate(name=f"dec{i + 1}_concat")([x, skip])
+        x = conv_block(x, w, f"dec{i + 1}")
+    return x
+
+
+def build_backbone(family: Family, image_size: int, weights: str) -> keras.Model:
+    """The feature extractor of a family, taking preprocessed float input."""
+    inputs = keras.Input((image_size, image_size, 3), name="scaled")
+    if family.name == "cnn":
+        return keras.Model(inputs, _cnn_features(inputs), name="cnn_backbone")
+    if family.name == "unet":
+        return keras.Model(inputs, _unet_features(inputs), name="unet_backbone")
+    if weights == "imagenet":
+        return _imagenet_backbone(family, image_size)
+    ctor = getattr(keras.applications, family.application)
+    return ctor(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+
+
+def freeze_fraction(backbone: keras.Model, fraction: float) -> int:
+    """Freeze the first ``fraction`` of the backbone's layers; return how many were frozen."""
+    n = int(len(backbone.layers) * fraction)
+    for layer in backbone.layers[:n]:
+        layer.trainable = False
+    return n
+
+
+def build_model(
+    family: str,
+    image_size: int,
+    n_classes: int = 8,
+    weights: str = "none",
+    dense_units: int = 256,
+    dropout: float = 0.5,
+    frozen_fraction: float = 0.0,
+) -> keras.Model:
+    """Build a classifier of ``family`` for ``image_size`` px RGB input and ``n_classes``.
+
+    The head is global average pooling, ``Dense(dense_units, relu)`` (skipped when 0),
+    ``Dropout(dropout)`` and a softmax layer. ``frozen_fraction`` freezes that share of the
+    backbone's first layers (the paper's partially frozen MobileNet-V2).
+    """
+    fam = get_family(family)
+    check_size(fam, image_size)
+    check_weights(fam, weights)
+    if not 0.0 <= frozen_fraction <= 1.0:
+        raise ModelConfigError(
+            f"Params key 'frozen_fraction' must be in [0, 1]; got {frozen_fraction}."
+        )
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = Preprocess(fam.preprocess, name="preprocess")(inputs)
+    backbone = build_backbone(fam, image_size, weights)
+    if weights == "none":
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = BN_MOMENTUM
+    if frozen_fraction:
+        freeze_fraction(backbone, frozen_fraction)
+    x = backbone(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    if dense_units:
+        x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name=family)

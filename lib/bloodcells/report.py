@@ -1,0 +1,151 @@
+"""Tables and sentences for the reports, computed from run records (never typed in)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from bloodcells.paper import PAPER_LABEL, PAPER_SETTINGS, paper_accuracy
+from bloodcells.paths import CLASSES
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def ci(bounds: list[float]) -> str:
+    return f"[{100 * bounds[0]:.2f}, {100 * bounds[1]:.2f}]"
+
+
+def results_table(records: list[dict]) -> pd.DataFrame:
+    """One row per trained model: its test scores with compute beside them."""
+    rows = []
+    for r in records:
+        t = r["test"]
+        rows.append(
+            {
+                "model": r["variant"],
+                "test accuracy": pct(t["accuracy"]),
+                "accuracy 95% CI": ci(t["ci95"]["accuracy"]),
+                "macro-F1": pct(t["macro_f1"]),
+                "macro-F1 95% CI": ci(t["ci95"]["macro_f1"]),
+                "balanced acc.": pct(t["balanced_accuracy"]),
+                "ECE": f"{t['ece']:.3f}",
+                "best val acc.": pct(r["val_accuracy"]),
+                "weights": r["weights"],
+                "image size": f"{r['image_size']} px",
+                "epochs": r["epochs"],
+                "optimizer": r["optimizer"],
+                "train min": r["train_minutes"],
+                "params": f"{r['parameter_count']:,}",
+            }
+        )
+    return pd.DataFrame(rows).set_index("model")
+
+
+def per_class_table(record: dict) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class on the test split."""
+    df = pd.DataFrame(record["test"]["per_class"]).T.reindex(list(CLASSES))
+    df["support"] = df["support"].astype(int)
+    return df.round(4)
+
+
+def paper_comparison(key: str, records: list[dict]) -> pd.DataFrame:
+    """The paper's reported accuracy beside this study's, with the settings of each."""
+    rows = []
+    for r in records:
+        paper = paper_accuracy(key, r["variant"].removeprefix(f"{key}_"))
+        rows.append(
+            {
+                "model": r["variant"],
+                f"{PAPER_LABEL}: unshuffled": paper.get("unshuffled", np.nan),
+                f"{PAPER_LABEL}: shuffled": paper.get("shuffled", np.nan),
+                "paper's settings": PAPER_SETTINGS.get(key, ""),
+                "this study: test accuracy": round(100 * r["test"]["accuracy"], 2),
+                "this study: 95% CI": ci(r["test"]["ci95"]["accuracy"]),
+                "this study's settings": (
+                    f"{r['image_size']} px, {r['epochs']} epochs, {r['optimizer']}, "
+                    f"weights {r['weights']}, {r['train_minutes']} min"
+                ),
+            }
+        )
+    return pd.DataFrame(rows).set_index("model")
+
+
+def family_conclusion(key: str, records: list[dict]) -> str:
+    """A short conclusion (markdown) written from the numbers of this family's runs."""
+    best = max(records, key=lambda r: r["test"]["accuracy"])
+    t = best["test"]
+    worst_cls = min(t["per_class"], key=lambda c: t["per_class"][c]["recall"])
+    confusion = np.array(t["confusion_matrix"])
+    np.fill_diagonal(confusion, 0)
+    i, j = np.unravel_index(confusion.argmax(), confusion.shape)
+    text = (
+        f"**{best['variant']}** reaches **{pct(t['accuracy'])}** test accuracy "
+        f"(95% CI {ci(t['ci95']['accuracy'])}) and macro-F1 {pct(t['macro_f1'])} "
+        f"(95% CI {ci(t['ci95']['macro_f1'])}) at {best['image_size']} px after "
+        f"{best['epochs']} epoch(s) ({best['train_minutes']} min of training, weights "
+        f"{best['weights']}). The weakest class is *{worst_cls}* (recall "
+        f"{pct(t['per_class'][worst_cls]['recall'])}); the most frequent confusion is "
+        f"*{CLASSES[i]}* taken for *{CLASSES[j]}* ({confusion[i, j]} test images). "
+        f"Expected calibration error: {t['ece']:.3f}."
+    )
+    paper = paper_accuracy(key, best["variant"].removeprefix(f"{key}_"))
+    if paper:
+        diff = 100 * t["accuracy"] - max(paper.values())
+        text += (
+            f" The paper reports up to {max(paper.values()):.2f}% for this family; this run is "
+            f"{abs(diff):.2f} points {'above' if diff >= 0 else 'below'} that, on a "
+            "deduplicated test split and at this profile's compute."
+        )
+    if len(records) > 1:
+        ranked = sorted(records, key=lambda r: -r["test"]["accuracy"])
+        overlap = (
+            ranked[0]["test"]["ci95"]["accuracy"][0] <= ranked[1]["test"]["ci95"]["accuracy"][1]
+        )
+        text += (
+            f" Between the variants, {ranked[0]['variant']} leads {ranked[1]['variant']} by "
+            f"{100 * (ranked[0]['test']['accuracy'] - ranked[1]['test']['accuracy']):.2f} points; "
+            f"their 95% CIs {'overlap' if overlap else 'do not overlap'}."
+        )
+    return text
+
+
+def cv_summary(cv: dict) -> str:
+    """One paragraph on a cross-validation, from its numbers."""
+    from bloodcells.paper import PAPER_TEST_ACCURACY
+
+    paper = PAPER_TEST_ACCURACY["cnn"]["cv_smote_128px"]
+    return (
+        f"{len(cv['folds'])}-fold stratified cross-validation ({cv['balance']} inside the "
+        f"training folds, {cv['image_size']} px, {cv['epochs']} epoch(s) per fold): accuracy "
+        f"**{pct(cv['accuracy_mean'])} ± {100 * cv['accuracy_sd']:.2f}** (mean ± sd over folds), "
+        f"macro-F1 {pct(cv['macro_f1_mean'])} ± {100 * cv['macro_f1_sd']:.2f}. "
+        f"The paper reports {paper:.2f}% for its 5-fold CV with SMOTE at 128x128 "
+        f"({PAPER_LABEL})."
+    )
+
+
+def shuffling_verdict(study: dict) -> str:
+    """The verdict on the paper's "shuffling", from the seeds that were run."""
+    s = study["summary"]
+    sorted_runs = [r for r in study["runs"] if r["order"] == "class_sorted"]
+    classes_trained = min(r["classes_in_training"] for r in sorted_runs)
+    classes_val = max(r["classes_in_validation"] for r in sorted_runs)
+    n_seeds = len({r["seed"] for r in study["runs"]})
+    verdict = "exceeds" if study["gap_exceeds_2sd"] else "does not exceed"
+    return (
+        f"With class-sorted arrays, Keras's `validation_split` left only {classes_trained} of "
+        f"{len(CLASSES)} classes in training and {classes_val} class(es) in validation. Test "
+        f"accuracy over {n_seeds} seed(s): class-sorted **{pct(s['class_sorted']['mean'])} ± "
+        f"{100 * s['class_sorted']['sd']:.2f}**, shuffled **{pct(s['shuffled']['mean'])} ± "
+        f"{100 * s['shuffled']['sd']:.2f}** ({study['image_size']} px, {study['epochs']} "
+        f"epoch(s) each). The gap, {100 * study['gap']:.2f} points, {verdict} twice the larger "
+        f"seed-to-seed sd ({100 * study['max_seed_sd']:.2f} points). "
+        + (
+            'The paper\'s "shuffling" gap is therefore best read as this data-ordering '
+            "effect (classes missing from training), not as a property of the models."
+            if study["gap_exceeds_2sd"]
+            else "With these seeds and epochs the two conditions cannot be told apart."
+        )
+    )

@@ -1,0 +1,80 @@
+"""Every builder builds and takes a training step; bad settings fail naming the key."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+
+from bloodcells import models
+from bloodcells.models import FAMILIES, ModelConfigError, build_model
+
+# The smallest legal size for each family keeps the test fast on two cores.
+SIZES = {name: max(32, fam.min_size + (-fam.min_size) % 8) for name, fam in FAMILIES.items()}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_builds_and_takes_a_training_step(family):
+    size = SIZES[family]
+    model = build_model(family, size, n_classes=8, dense_units=16)
+    assert model.input_shape == (None, size, size, 3)
+    assert model.output_shape == (None, 8)
+    model.compile("adam", "categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    y = np.eye(8, dtype=np.float32)[rng.integers(0, 8, 4)]
+    before = [w.numpy().copy() for w in model.trainable_weights[-2:]]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    after = [w.numpy() for w in model.trainable_weights[-2:]]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after, strict=True))
+    probs = model.predict(x, verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("family", "size"), [("inceptionv3", 74), ("xception", 70), ("cnn", 8)])
+def test_size_under_the_backbone_minimum_names_the_key(family, size):
+    with pytest.raises(ModelConfigError, match=rf"'image_size'.*{family} needs .*least"):
+        build_model(family, size)
+
+
+def test_unknown_family_names_the_key():
+    with pytest.raises(ModelConfigError, match="Unknown model family 'resnet51'.*Known"):
+        build_model("resnet51", 64)
+
+
+def test_unet_size_must_be_a_multiple_of_8():
+    with pytest.raises(ModelConfigError, match="multiple of 8"):
+        build_model("unet", 36)
+
+
+def test_imagenet_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    with pytest.raises(ModelConfigError, match="mobilenet_v2_weights.*Keras's cache folder"):
+        build_model("mobilenetv2", 64, weights="imagenet")
+
+
+def test_weights_must_be_explicit():
+    with pytest.raises(ModelConfigError, match="'weights' is 'imagenet1k'"):
+        build_model("resnet50", 64, weights="imagenet1k")
+    with pytest.raises(ModelConfigError, match="cnn has no ImageNet weights"):
+        build_model("cnn", 64, weights="imagenet")
+
+
+def test_preprocess_layer_round_trips_through_a_saved_model(tmp_path):
+    model = build_model("cnn", 32, dense_units=8)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.full((2, 32, 32, 3), 200, dtype=np.uint8)
+    np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), rtol=1e-5)
+    assert isinstance(loaded.get_layer("preprocess"), models.Preprocess)

@@ -1,0 +1,156 @@
+"""One training path: config errors name keys, SMOTE is leak-free, runs resume, metrics files."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from bloodcells import experiment, preprocess, train
+from bloodcells.config import load_params
+from bloodcells.models import ModelConfigError
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def smoke_params():
+    return load_params(ROOT / "params.yaml", profile="smoke")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, built, sample_dir):
+    """A minimal project root with the sample's manifest and 32 px arrays."""
+    root = tmp_path_factory.mktemp("proj")
+    manifest, _ = built
+    preprocess.write_manifest(manifest, root / "data/interim/manifest.csv")
+    preprocess.cache_arrays(manifest, sample_dir, 32, root / "data/processed/32", workers=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def arrays(project):
+    return experiment.load_splits(32, project)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimizer": "adamw"}, r"'models\.cnn\.optimizers' has 'adamw'"),
+        ({"epochs": 0}, r"'models\.cnn\.epochs' must be a positive integer"),
+        ({"image_size": 12}, r"'models\.cnn\.image_size' is 12"),
+        ({"balance": "undersample"}, r"'models\.cnn\.balance'"),
+    ],
+)
+def test_bad_settings_name_the_key(smoke_params, change, message):
+    opt = change.pop("optimizer", None)
+    with pytest.raises(ModelConfigError, match=message):
+        train.family_config(smoke_params, "cnn", opt, **change)
+
+
+def test_unknown_family_names_the_key(smoke_params):
+    with pytest.raises(ModelConfigError, match=r"'models\.resnet51'"):
+        train.family_config(smoke_params, "resnet51")
+
+
+def test_family_values_fall_back_to_train_defaults(smoke_params):
+    cfg = train.family_config(smoke_params, "resnet50", "sgd")
+    assert cfg.learning_rate == smoke_params["train"]["learning_rates"]["sgd"]
+    assert cfg.batch_size == smoke_params["train"]["batch_size"]
+    assert train.family_config(smoke_params, "vgg16").learning_rate == 1e-4
+
+
+def test_augmentation_only_moves_pixels():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    out = train.augment_batch(x, rng)
+    for a, b in zip(x, out, strict=True):
+        assert np.array_equal(np.sort(a, axis=None), np.sort(b, axis=None))
+
+
+def test_smote_sees_only_training_images(smoke_params, arrays, project, monkeypatch):
+    from imblearn.over_sampling import SMOTE
+
+    seen = {}
+    original = SMOTE.fit_resample
+
+    def spy(self, X, y):
+        seen["X"] = np.array(X)
+        return original(self, X, y)
+
+    monkeypatch.setattr(SMOTE, "fit_resample", spy)
+    (x_tr, y_tr), (x_val, y_val), (x_te, _) = arrays["train"], arrays["val"], arrays["test"]
+    cfg = train.family_config(smoke_params, "cnn", epochs=1, balance="smote", deterministic=False)
+    result = train.train_model(
+        cfg, x_tr, y_tr, x_val, y_val, project / "w", project / "live", verbose=0
+    )
+    flat = {row.tobytes() for row in np.asarray(x_tr).reshape(len(x_tr), -1)}
+    assert {row.tobytes() for row in seen["X"]} == flat  # exactly the training images
+    others = {r.tobytes() for r in np.concatenate([x_val, x_te]).reshape(-1, seen["X"].shape[1])}
+    assert not flat & others
+    counts = np.bincount(y_tr)
+    assert result.train_size == counts.max() * len(counts)  # oversampled to balance
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_interrupted_run_resumes_and_finishes(smoke_params, arrays, tmp_path):
+    (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
+    cfg = train.family_config(smoke_params, "cnn", epochs=2, deterministic=False)
+    work, live = tmp_path / "work", tmp_path / "live"
+    with pytest.raises(KeyboardInterrupt):
+        train.train_model(
+            cfg, x_tr, y_tr, x_val, y_val, work, live, callbacks=[StopAfterFirstEpoch()], verbose=0
+        )
+    assert (work / "backup").exists() and (work / "best.keras").exists()
+    result = train.train_model(cfg, x_tr, y_tr, x_val, y_val, work, live, verbose=0)
+    assert list(result.history.index) == [0, 1]  # epoch 1 from before, epoch 2 resumed
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(result.history.columns)
+    assert not (work / "backup").exists()  # finished: backup cleared
+
+
+def test_metrics_file_has_its_full_schema(smoke_params, project):
+    record = experiment.run_variant(
+        smoke_params, "cnn", root=project, verbose=0, epochs=1, deterministic=False
+    )
+    out = project / "models/cnn/cnn"
+    assert (out / "model.keras").is_file() and (out / "predictions.npz").is_file()
+    saved = json.loads((out / "evaluation.json").read_text())
+    for key in (
+        "image_size",
+        "epochs",
+        "optimizer",
+        "weights",
+        "train_minutes",
+        "train_images_per_second",
+        "inference_images_per_second",
+        "parameter_count",
+        "best_epoch",
+    ):
+        assert saved[key] is not None, key
+    test = saved["test"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "ece", "per_class"):
+        assert key in test
+    assert len(test["confusion_matrix"]) == 8 and set(test["ci95"]) == {"accuracy", "macro_f1"}
+    prov = saved["provenance"]
+    for key in ("git_commit", "params_hash", "data_hash", "libraries", "hardware"):
+        assert key in prov
+    assert prov["data_hash"] == preprocess.manifest_hash(project / "data/interim/manifest.csv")
+    path = experiment.write_family_metrics("cnn", [record], root=project)
+    metrics = json.loads(path.read_text())
+    assert 0 <= metrics["cnn"]["test_accuracy"] <= 1
+    assert metrics["cnn"]["test_accuracy"] == round(record["test"]["accuracy"], 4)
+
+
+def test_keras_validation_split_semantics():
+    y = np.repeat(np.arange(8), 10)
+    x = np.arange(80)[:, None]
+    (_, ytr), (_, yva) = experiment.keras_validation_split(x, y, 0.2, "class_sorted", 0)
+    assert set(yva) == {6, 7} and 7 not in set(ytr)
+    (_, ytr), (_, yva) = experiment.keras_validation_split(x, y, 0.2, "shuffled", 0)
+    assert len(set(ytr)) == 8 and len(yva) == 16
