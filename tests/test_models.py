@@ -78,3 +78,25 @@ def test_preprocess_layer_round_trips_through_a_saved_model(tmp_path):
     x = np.full((2, 32, 32, 3), 200, dtype=np.uint8)
     np.testing.assert_allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0), rtol=1e-5)
     assert isinstance(loaded.get_layer("preprocess"), models.Preprocess)
+
+
+def test_hybrid_starts_from_trained_branches(tmp_path):
+    saved = {}
+    for family in models.HYBRID_BRANCHES:
+        model = build_model(family, 80, dense_units=8)
+        model.save(tmp_path / f"{family}.keras")
+        saved[family] = model.get_layer(models.HYBRID_BRANCHES[family]).get_weights()[0]
+    branches = {
+        f: models.branch_backbone(tmp_path / f"{f}.keras", f, 80) for f in models.HYBRID_BRANCHES
+    }
+    hybrid = models.build_hybrid(80, dense_units=16, branches=branches)
+    for family, name in models.HYBRID_BRANCHES.items():
+        np.testing.assert_array_equal(hybrid.get_layer(name).get_weights()[0], saved[family])
+    assert hybrid.get_layer("concat").output.shape[-1] == 2048 + 2048
+    frozen = models.freeze_branches(hybrid)
+    assert not frozen.get_layer("inception_v3").trainable
+    assert frozen.get_layer("head_dense").trainable
+    with pytest.raises(ModelConfigError, match="trained at 80 px"):
+        models.branch_backbone(tmp_path / "xception.keras", "xception", 96)
+    with pytest.raises(FileNotFoundError, match="from_stages"):
+        models.branch_backbone(tmp_path / "missing.keras", "xception", 80)

@@ -24,6 +24,8 @@ FAMILY_REPORTS = {
     "mobilenetv2": "07_mobilenetv2",
     "inceptionv3": "08_inceptionv3",
     "xception": "09_xception",
+    "hybrid": "10_hybrid",
+    "supcon": "11_supcon",
 }
 
 pytestmark = pytest.mark.e2e
@@ -111,9 +113,7 @@ def test_family_report_shows_its_measured_numbers(smoke_project, key, notebook):
     variants = [v for v in metrics if v.startswith(key) and isinstance(metrics[v], dict)]
     assert variants, metrics.keys()
     for variant in variants:
-        record = json.loads(
-            (smoke_project / f"models/{key}/{variant}/evaluation.json").read_text()
-        )
+        record = json.loads((smoke_project / f"models/{key}/{variant}/evaluation.json").read_text())
         assert pct(record["test"]["accuracy"]) in html  # the number the run measured
         assert metrics[variant]["image_size"] == record["image_size"]
         assert (smoke_project / f"models/{key}/{variant}/model.keras").is_file()
@@ -136,3 +136,10 @@ def test_cnn_report_has_cross_validation_and_the_shuffling_verdict(smoke_project
     assert orders == {"class_sorted", "shuffled"}
     assert pct(shuffling["summary"]["class_sorted"]["mean"]) in html
     assert "twice the larger seed-to-seed sd" in html
+
+
+def test_supcon_has_its_cross_entropy_control(smoke_project):
+    metrics = json.loads((smoke_project / "metrics/supcon.json").read_text())
+    assert {"supcon", "supcon_ce_control"} <= set(metrics)
+    html = (smoke_project / "reports/11_supcon.html").read_text()
+    assert "cross-entropy for" in html and "Temperature 0.1" in html

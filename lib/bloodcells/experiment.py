@@ -19,7 +19,13 @@ import numpy as np
 from bloodcells.evaluate import evaluate, provenance, write_metrics
 from bloodcells.paths import CLASSES, manifest_path, processed_dir, project_root, resolve
 from bloodcells.preprocess import load_split, manifest_hash
-from bloodcells.train import TrainConfig, family_config, predict_proba, train_model
+from bloodcells.train import (
+    TrainConfig,
+    TrainResult,
+    family_config,
+    predict_proba,
+    train_model,
+)
 
 HEADLINE = (
     "accuracy",
@@ -72,13 +78,28 @@ def run_variant(
     variant = variant or key
     dirs = run_dirs(key, variant, cfg, root)
     data = load_splits(cfg.image_size, root)
-    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = data["train"], data["val"], data["test"]
+    (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
     result = train_model(cfg, x_tr, y_tr, x_val, y_val, dirs["work"], dirs["live"], verbose=verbose)
+    return finish_run(params, key, variant, cfg, result, data, dirs, root)
+
+
+def finish_run(
+    params: dict,
+    key: str,
+    variant: str,
+    cfg: TrainConfig,
+    result: TrainResult,
+    data: dict,
+    dirs: dict[str, Path],
+    root: Path,
+    extra: dict | None = None,
+) -> dict:
+    """Score a selected model on the test split (once), save it, write its evaluation."""
+    (x_val, y_val), (x_te, y_te) = data["val"], data["test"]
     val_probs, _ = predict_proba(result.model, x_val)
     test_probs, infer_ips = predict_proba(result.model, x_te)  # the one look at the test split
     ev_params = params["evaluate"]
     test = evaluate(y_te, test_probs, CLASSES, ev_params["n_bootstrap"], ev_params["ece_bins"])
-    val_accuracy = float((val_probs.argmax(axis=1) == y_val).mean())
     history = result.history
     record = {
         "family": cfg.family,
@@ -103,13 +124,14 @@ def run_variant(
         "train_images_per_second": round(result.images_per_second, 1),
         "inference_images_per_second": round(infer_ips, 1),
         "parameter_count": int(result.model.count_params()),
-        "val_accuracy": val_accuracy,
+        "val_accuracy": float((val_probs.argmax(axis=1) == y_val).mean()),
         "test": test,
+        **(extra or {}),
         "provenance": provenance(params, manifest_hash(manifest_path(root))),
     }
     out = dirs["out"]
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(dirs["work"] / "best.keras", out / "model.keras")
+    result.model.save(out / "model.keras")
     np.savez_compressed(
         out / "predictions.npz",
         val_probs=val_probs,
@@ -121,6 +143,14 @@ def run_variant(
     shutil.rmtree(dirs["work"], ignore_errors=True)  # finished: nothing left to resume
     record["history"] = history
     return record
+
+
+def read_record(key: str, variant: str | None = None, root: Path | None = None) -> dict:
+    """The saved evaluation of an earlier run (``models/<key>/<variant>/evaluation.json``)."""
+    path = resolve(Path("models") / key / (variant or key) / "evaluation.json", root)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the '{key}' training stage first.")
+    return json.loads(path.read_text())
 
 
 def headline(record: dict) -> dict:

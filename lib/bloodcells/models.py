@@ -105,6 +105,7 @@ FAMILIES: dict[str, Family] = {
     "xception": Family(
         "xception", "Xception", "tf", 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"
     ),
+    "hybrid": Family("hybrid", "InceptionV3+Xception", "tf", 75),
     "resnet50v2": Family(
         "resnet50v2",
         "ResNet50V2",
@@ -233,6 +234,8 @@ def build_model(
     fam = get_family(family)
     check_size(fam, image_size)
     check_weights(fam, weights)
+    if family == "hybrid":
+        return build_hybrid(image_size, n_classes, weights, dense_units or 512, dropout)
     if not 0.0 <= frozen_fraction <= 1.0:
         raise ModelConfigError(
             f"Params key 'frozen_fraction' must be in [0, 1]; got {frozen_fraction}."
@@ -254,3 +257,62 @@ def build_model(
         x = layers.Dropout(dropout, name="head_dropout")(x)
     outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
     return keras.Model(inputs, outputs, name=family)
+
+
+HYBRID_BRANCHES = {"inceptionv3": "inception_v3", "xception": "xception"}
+
+
+def branch_backbone(path: Path, family: str, image_size: int) -> keras.Model:
+    """The trained backbone inside a saved family model (stages 08 and 09)."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: run the '{family}' training stage first, or set "
+            "'models.hybrid.from_stages' to false to train both branches here."
+        )
+    model = keras.saving.load_model(path, safe_mode=True)
+    if model.input_shape[1] != image_size:
+        raise ModelConfigError(
+            f"{path} was trained at {model.input_shape[1]} px but 'models.hybrid.image_size' "
+            f"is {image_size}; use the same size for the hybrid and both branches."
+        )
+    return model.get_layer(HYBRID_BRANCHES[family])
+
+
+def build_hybrid(
+    image_size: int,
+    n_classes: int = 8,
+    weights: str = "none",
+    dense_units: int = 512,
+    dropout: float = 0.5,
+    branches: dict[str, keras.Model] | None = None,
+) -> keras.Model:
+    """InceptionV3 and Xception side by side on one image, features concatenated.
+
+    ``branches`` may hold trained backbones (keyed ``inceptionv3``/``xception``); missing
+    ones are built from ``weights``. Both use the same [-1, 1] input scaling, so one
+    preprocessing layer feeds both and the image is held once.
+    """
+    branches = dict(branches or {})
+    for family in HYBRID_BRANCHES:
+        fam = get_family(family)
+        check_size(fam, image_size, "models.hybrid.image_size")
+        if family not in branches:
+            branches[family] = build_backbone(fam, image_size, weights)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = Preprocess("tf", name="preprocess")(inputs)
+    features = [
+        layers.GlobalAveragePooling2D(name=f"gap_{family}")(branches[family](x))
+        for family in HYBRID_BRANCHES
+    ]
+    x = layers.Concatenate(name="concat")(features)
+    x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(inputs, outputs, name="hybrid")
+
+
+def freeze_branches(model: keras.Model) -> keras.Model:
+    """Freeze both backbones of a hybrid (the paper's second phase)."""
+    for name in HYBRID_BRANCHES.values():
+        model.get_layer(name).trainable = False
+    return model

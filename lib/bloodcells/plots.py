@@ -87,3 +87,19 @@ def confusion_matrices(test: dict, title: str = "") -> plt.Figure:
         ax.set_title(f"{title} {name}".strip())
     fig.tight_layout()
     return fig
+
+
+def embedding_maps(maps: dict[str, tuple[np.ndarray, np.ndarray]]) -> plt.Figure:
+    """2-D embeddings side by side, points coloured by class."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(6 * len(maps), 5.5), squeeze=False)
+    palette = sns.color_palette("tab10", len(CLASSES))
+    for ax, (name, (xy, labels)) in zip(axes[0], maps.items(), strict=True):
+        for i, cls in enumerate(CLASSES):
+            pts = xy[labels == i]
+            ax.scatter(pts[:, 0], pts[:, 1], s=4, color=palette[i], label=cls, alpha=0.7)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][-1].legend(markerscale=3, fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig

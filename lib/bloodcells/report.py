@@ -149,3 +149,42 @@ def shuffling_verdict(study: dict) -> str:
             else "With these seeds and epochs the two conditions cannot be told apart."
         )
     )
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    x, y = a["test"]["ci95"]["accuracy"], b["test"]["ci95"]["accuracy"]
+    return x[0] <= y[1] and y[0] <= x[1]
+
+
+def hybrid_verdict(hybrid: dict, branches: list[dict]) -> str:
+    """Is the hybrid better than each branch alone on the same test split?"""
+    parts = []
+    for b in branches:
+        diff = 100 * (hybrid["test"]["accuracy"] - b["test"]["accuracy"])
+        parts.append(
+            f"{abs(diff):.2f} points {'above' if diff >= 0 else 'below'} {b['variant']} "
+            f"({pct(b['test']['accuracy'])}; 95% CIs "
+            f"{'overlap' if _overlap(hybrid, b) else 'do not overlap'})"
+        )
+    return (
+        f"On the same test split the hybrid ({pct(hybrid['test']['accuracy'])}) is "
+        + " and ".join(parts)
+        + f". It was trained {hybrid['joint_epochs']} joint + {hybrid['frozen_epochs']} frozen "
+        f"epoch(s) at {hybrid['image_size']} px, "
+        f"{'starting from the stage 08/09 branches' if hybrid['from_stages'] else 'from scratch'}."
+    )
+
+
+def supcon_verdict(supcon: dict, control: dict) -> str:
+    """SupCon against its cross-entropy control, from their test scores."""
+    diff = 100 * (supcon["test"]["accuracy"] - control["test"]["accuracy"])
+    return (
+        f"With the same encoder ({supcon['encoder']}, {supcon['image_size']} px), SupCon "
+        f"pre-training for {supcon['pretrain_epochs']} epoch(s) and a classifier on the frozen "
+        f"encoder for {supcon['classifier_epochs']} reach {pct(supcon['test']['accuracy'])}; "
+        f"cross-entropy for {control['epochs']} epoch(s) reaches "
+        f"{pct(control['test']['accuracy'])}: SupCon is {abs(diff):.2f} points "
+        f"{'above' if diff >= 0 else 'below'}, and the 95% CIs "
+        f"{'overlap' if _overlap(supcon, control) else 'do not overlap'}. Temperature "
+        f"{supcon['temperature']}."
+    )

@@ -11,6 +11,7 @@ the command exits non-zero, so DVC marks the stage failed.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--profile", help="override params.yaml's profile")
     args = parser.parse_args(argv)
+    # papermill logs each cell's output (Keras's per-epoch progress among it) at INFO.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run_notebook(args.notebook, load_params(profile=args.profile))
     except (StageFailed, FileNotFoundError) as exc:

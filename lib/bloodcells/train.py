@@ -233,76 +233,44 @@ class TrainResult:
     train_size: int
 
 
-def train_model(
-    cfg: TrainConfig,
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+def fit_resumable(
+    model,
+    train_ds,
+    val_ds,
+    epochs: int,
     work_dir: Path,
     live_dir: Path,
-    n_classes: int = 8,
+    monitor: str = "val_accuracy",
+    mode: str = "max",
+    class_weight: dict | None = None,
     callbacks: list | None = None,
     verbose: int = 2,
-) -> TrainResult:
-    """Train one model; return it with the weights of its best validation epoch.
+):
+    """``model.fit`` that keeps the best epoch and resumes after an interruption.
 
     ``work_dir`` holds ``best.keras`` and ``backup/`` (Keras's BackupAndRestore) while the
     run lasts: rerunning after an interruption resumes from the last finished epoch, with
     the best-so-far checkpoint and the dvclive log in ``live_dir`` resumed with it. Both
-    live outside DVC's outputs, which DVC deletes before rerunning a stage.
+    live outside DVC's outputs, which DVC deletes before rerunning a stage. Returns
+    (the model with its best weights, history, seconds).
     """
     import keras
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
-    from bloodcells.models import build_model
-
     work_dir.mkdir(parents=True, exist_ok=True)
-    set_seeds(cfg.seed, cfg.deterministic)
-    class_weight = None
-    if cfg.balance == "smote":
-        x_train, y_train = smote_oversample(x_train, y_train, cfg.seed)
-    elif cfg.balance == "class_weight":
-        class_weight = balanced_class_weights(y_train, n_classes)
-    model = build_model(
-        cfg.family,
-        cfg.image_size,
-        n_classes,
-        cfg.weights,
-        cfg.dense_units,
-        cfg.dropout,
-        cfg.frozen_fraction,
-    )
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    model.compile(
-        optimizer=make_optimizer(
-            cfg.optimizer, cfg.learning_rate, cfg.epochs * -(-len(x_train) // cfg.batch_size)
-        ),
-        loss=loss,
-        metrics=["accuracy"],
-    )
-    train_ds = make_dataset(
-        x_train, y_train, cfg.batch_size, True, cfg.augment, cfg.seed, n_classes
-    )
-    val_ds = make_dataset(x_val, y_val, max(cfg.batch_size, 128), False, n_classes=n_classes)
     best = work_dir / "best.keras"
     backup = work_dir / "backup"
     resuming = backup.exists() and best.exists()
-    live = Live(
-        dir=str(live_dir),
-        resume=resuming,
-        report=None,
-        save_dvc_exp=False,
-        dvcyaml=None,
-    )
+    live = Live(dir=str(live_dir), resume=resuming, report=None, save_dvc_exp=False, dvcyaml=None)
     checkpoint = keras.callbacks.ModelCheckpoint(
-        str(best), monitor="val_accuracy", mode="max", save_best_only=True
+        str(best), monitor=monitor, mode=mode, save_best_only=True
     )
     if resuming:  # keep the best epoch from before the interruption
         earlier = read_history(live_dir)
-        if "val_accuracy" in earlier:
-            checkpoint.best = float(earlier["val_accuracy"].max())
+        if monitor in earlier:
+            pick = earlier[monitor].max() if mode == "max" else earlier[monitor].min()
+            checkpoint.best = float(pick)
         # dvclive resumes at step 0 when only one step was logged; continue after the last.
         live.step = len(earlier)
     cbs = [
@@ -315,7 +283,7 @@ def train_model(
     model.fit(
         train_ds,
         validation_data=val_ds,
-        epochs=cfg.epochs,
+        epochs=epochs,
         class_weight=class_weight,
         callbacks=cbs,
         shuffle=False,  # the input pipeline shuffles, with its own seed
@@ -323,9 +291,73 @@ def train_model(
     )
     seconds = time.perf_counter() - t0
     model = keras.saving.load_model(best, safe_mode=True)
+    return model, read_history(live_dir), seconds
+
+
+def train_model(
+    cfg: TrainConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    work_dir: Path,
+    live_dir: Path,
+    n_classes: int = 8,
+    callbacks: list | None = None,
+    verbose: int = 2,
+    model=None,
+) -> TrainResult:
+    """Train one classifier; return it with the weights of its best validation epoch.
+
+    The model is built from ``cfg`` unless ``model`` is given (the hybrid's phases, the
+    SupCon classifier). Oversampling and augmentation apply to ``x_train`` only.
+    Interrupted runs resume (see :func:`fit_resumable`).
+    """
+    import keras
+
+    from bloodcells.models import build_model
+
+    set_seeds(cfg.seed, cfg.deterministic)
+    class_weight = None
+    if cfg.balance == "smote":
+        x_train, y_train = smote_oversample(x_train, y_train, cfg.seed)
+    elif cfg.balance == "class_weight":
+        class_weight = balanced_class_weights(y_train, n_classes)
+    if model is None:
+        model = build_model(
+            cfg.family,
+            cfg.image_size,
+            n_classes,
+            cfg.weights,
+            cfg.dense_units,
+            cfg.dropout,
+            cfg.frozen_fraction,
+        )
+    model.compile(
+        optimizer=make_optimizer(
+            cfg.optimizer, cfg.learning_rate, cfg.epochs * -(-len(x_train) // cfg.batch_size)
+        ),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    train_ds = make_dataset(
+        x_train, y_train, cfg.batch_size, True, cfg.augment, cfg.seed, n_classes
+    )
+    val_ds = make_dataset(x_val, y_val, max(cfg.batch_size, 128), False, n_classes=n_classes)
+    model, history, seconds = fit_resumable(
+        model,
+        train_ds,
+        val_ds,
+        cfg.epochs,
+        work_dir,
+        live_dir,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
     return TrainResult(
         model=model,
-        history=read_history(live_dir),
+        history=history,
         seconds=seconds,
         images_per_second=len(x_train) * cfg.epochs / seconds if seconds else 0.0,
         config=asdict(cfg),

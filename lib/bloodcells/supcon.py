@@ -1,0 +1,272 @@
+"""Supervised contrastive learning (Khosla et al., NeurIPS 2020), written for Keras 3.
+
+Stage one trains an encoder and an L2-normalised projection head with the supervised
+contrastive loss on two augmented views of every image in a batch; stage two freezes the
+encoder and trains a classifier on it with cross-entropy.
+
+The loss is the paper's ``L_out`` form (eq. 2): for each anchor ``i`` among the 2N views,
+
+    L_i = -1/|P(i)| * sum_{p in P(i)} log( exp(z_i.z_p/t) / sum_{a != i} exp(z_i.z_a/t) )
+
+where ``P(i)`` are the other views with the same label, the sum over positives standing
+outside the log. The keras-io example uses TensorFlow Addons' npairs loss on one view: a
+different loss, not used here.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from bloodcells.models import Preprocess, build_backbone, get_family
+from bloodcells.train import augment_batch
+
+
+@keras.saving.register_keras_serializable(package="bloodcells")
+class SupConLoss(keras.losses.Loss):
+    """Supervised contrastive loss; ``y_true`` are integer labels, ``y_pred`` embeddings.
+
+    Embeddings are L2-normalised inside, so the loss does not depend on their scale.
+    Anchors without any positive in the batch are left out of the mean.
+    """
+
+    def __init__(self, temperature: float = 0.1, name: str = "supcon", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature = temperature
+
+    def call(self, y_true, y_pred):
+        z = ops.normalize(ops.cast(y_pred, "float32"), axis=-1)
+        labels = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+        n = ops.shape(z)[0]
+        logits = ops.matmul(z, ops.transpose(z)) / self.temperature
+        not_self = 1.0 - ops.eye(n)
+        # numerically stable log-softmax over a != i
+        logits = logits - ops.max(logits - 1e9 * (1.0 - not_self), axis=1, keepdims=True)
+        exp = ops.exp(logits) * not_self
+        log_prob = logits - ops.log(ops.sum(exp, axis=1, keepdims=True))
+        positives = ops.cast(ops.equal(labels[:, None], labels[None, :]), "float32") * not_self
+        n_pos = ops.sum(positives, axis=1)
+        mean_log_prob_pos = ops.sum(positives * log_prob, axis=1) / ops.maximum(n_pos, 1.0)
+        has_pos = ops.cast(n_pos > 0, "float32")
+        return -ops.sum(mean_log_prob_pos * has_pos) / ops.maximum(ops.sum(has_pos), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
+
+
+def supcon_reference(labels: np.ndarray, embeddings: np.ndarray, temperature: float) -> float:
+    """A plain NumPy transcription of eq. 2, loop by loop, for testing."""
+    z = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    n = len(z)
+    losses = []
+    for i in range(n):
+        positives = [p for p in range(n) if p != i and labels[p] == labels[i]]
+        if not positives:
+            continue
+        denom = sum(np.exp(z[i] @ z[a] / temperature) for a in range(n) if a != i)
+        losses.append(
+            -np.mean([np.log(np.exp(z[i] @ z[p] / temperature) / denom) for p in positives])
+        )
+    return float(np.mean(losses))
+
+
+def build_encoder(family: str, image_size: int, weights: str = "none") -> keras.Model:
+    """Pixels -> a pooled feature vector, with the family's own input scaling."""
+    fam = get_family(family)
+    inputs = keras.Input((image_size, image_size, 3), name="pixels")
+    x = Preprocess(fam.preprocess, name="preprocess")(inputs)
+    x = build_backbone(fam, image_size, weights)(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, x, name=f"{family}_encoder")
+
+
+def with_projection_head(encoder: keras.Model, projection_units: int = 128) -> keras.Model:
+    """Encoder plus an MLP projection head whose output is L2-normalised."""
+    x = layers.Dense(encoder.output_shape[-1], activation="relu", name="proj_hidden")(
+        encoder.output
+    )
+    x = layers.Dense(projection_units, name="proj_out")(x)
+    x = layers.UnitNormalization(name="proj_norm")(x)
+    return keras.Model(encoder.input, x, name="supcon_projection")
+
+
+def classifier_on(encoder: keras.Model, n_classes: int, trainable: bool, dropout: float = 0.5):
+    """A softmax classifier on ``encoder``; the encoder frozen unless ``trainable``."""
+    encoder.trainable = trainable
+    x = layers.Dropout(dropout, name="head_dropout")(encoder.output)
+    outputs = layers.Dense(n_classes, activation="softmax", name="probs")(x)
+    return keras.Model(encoder.input, outputs, name="supcon_classifier")
+
+
+def jitter(x: np.ndarray, rng: np.random.Generator, strength: float = 0.2) -> np.ndarray:
+    """Random brightness and contrast per image, in uint8."""
+    f = x.astype(np.float32)
+    mean = f.mean(axis=(1, 2, 3), keepdims=True)
+    contrast = rng.uniform(1 - strength, 1 + strength, (len(x), 1, 1, 1))
+    brightness = rng.uniform(-strength, strength, (len(x), 1, 1, 1)) * 255 * 0.5
+    return np.clip((f - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
+
+
+def two_view_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+    """Batches of 2B images: two independent augmentations of B training images."""
+    import tensorflow as tf
+
+    n, size = len(x), x.shape[1]
+    epoch = [0]
+
+    def batches():
+        rng = np.random.default_rng([seed, epoch[0]])
+        epoch[0] += 1
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):  # full batches only
+            idx = np.sort(order[start : start + batch_size])
+            xb = np.asarray(x[idx])
+            views = [jitter(augment_batch(xb, rng), rng) for _ in range(2)]
+            yield np.concatenate(views), np.concatenate([y[idx], y[idx]])
+
+    spec = (
+        tf.TensorSpec((None, size, size, 3), tf.uint8),
+        tf.TensorSpec((None,), tf.int64),
+    )
+    return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
+
+
+def embed(encoder: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Encoder features of uint8 images, batch by batch."""
+    return np.concatenate(
+        [
+            np.asarray(encoder(np.asarray(x[i : i + batch_size]), training=False))
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+
+
+KEY = "supcon"
+
+
+def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
+    """Stage 11: SupCon pre-training, a classifier on the frozen encoder, and a CE control.
+
+    Returns ``{"supcon": record, "control": record, "embeddings": {...}}``; the control is
+    the same encoder and head trained end to end with cross-entropy for as many epochs as
+    the contrastive pre-training ran.
+    """
+    import dataclasses
+
+    from bloodcells.experiment import finish_run, load_splits, run_dirs
+    from bloodcells.paths import project_root
+    from bloodcells.train import (
+        family_config,
+        fit_resumable,
+        make_optimizer,
+        set_seeds,
+        train_model,
+    )
+
+    root = root or project_root()
+    entry = params["models"][KEY]
+    cfg = family_config(params, KEY)
+    data = load_splits(cfg.image_size, root)
+    (x_tr, y_tr), (x_val, y_val), (x_te, _) = data["train"], data["val"], data["test"]
+    dirs = run_dirs(KEY, KEY, cfg, root)
+
+    # Stage one: encoder + projection head, supervised contrastive loss.
+    set_seeds(cfg.seed, cfg.deterministic)
+    encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights)
+    projector = with_projection_head(encoder, int(entry["projection_units"]))
+    steps = cfg.epochs * (len(x_tr) // cfg.batch_size)
+    projector.compile(
+        optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, steps),
+        loss=SupConLoss(float(entry["temperature"])),
+    )
+    projector, pre_history, pre_seconds = fit_resumable(
+        projector,
+        two_view_dataset(x_tr, y_tr, cfg.batch_size, cfg.seed),
+        two_view_dataset(x_val, y_val, cfg.batch_size, cfg.seed + 1),
+        cfg.epochs,
+        dirs["work"] / "pretrain",
+        dirs["live"] / "pretrain",
+        monitor="val_loss",
+        mode="min",
+        verbose=verbose,
+    )
+    encoder = keras.Model(projector.input, projector.get_layer("gap").output, name="encoder")
+
+    # Stage two: a classifier on the frozen encoder.
+    cfg2 = dataclasses.replace(cfg, epochs=int(entry["classifier_epochs"]))
+    head = train_model(
+        cfg2,
+        x_tr,
+        y_tr,
+        x_val,
+        y_val,
+        dirs["work"] / "classifier",
+        dirs["live"] / "classifier",
+        model=classifier_on(encoder, 8, trainable=False, dropout=cfg.dropout),
+        verbose=verbose,
+    )
+    head = dataclasses.replace(head, seconds=pre_seconds + head.seconds)
+    total = dataclasses.replace(cfg, epochs=cfg.epochs + cfg2.epochs)
+    extra = {
+        "encoder": cfg.family,
+        "temperature": float(entry["temperature"]),
+        "pretrain_epochs": cfg.epochs,
+        "classifier_epochs": cfg2.epochs,
+        "pretrain_minutes": round(pre_seconds / 60, 2),
+        "pretrain_history": pre_history.reset_index().to_dict("list"),
+    }
+    supcon_record = finish_run(params, KEY, KEY, total, head, data, dirs, root, extra)
+
+    # The control: same encoder and head, cross-entropy end to end, as many epochs.
+    control_cfg = cfg
+    cdirs = run_dirs(KEY, "supcon_ce_control", control_cfg, root)
+    control_encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights)
+    control = train_model(
+        control_cfg,
+        x_tr,
+        y_tr,
+        x_val,
+        y_val,
+        cdirs["work"],
+        cdirs["live"],
+        model=classifier_on(control_encoder, 8, trainable=True, dropout=cfg.dropout),
+        verbose=verbose,
+    )
+    control_record = finish_run(
+        params,
+        KEY,
+        "supcon_ce_control",
+        control_cfg,
+        control,
+        data,
+        cdirs,
+        root,
+        {"encoder": cfg.family},
+    )
+    control_features = keras.Model(
+        control.model.input, control.model.get_layer("gap").output, name="control_encoder"
+    )
+    return {
+        "supcon": supcon_record,
+        "control": control_record,
+        "embeddings": {
+            "supcon": embed(encoder, x_te),
+            "control": embed(control_features, x_te),
+        },
+    }
+
+
+def embedding_2d(features: np.ndarray, labels: np.ndarray, n: int = 2000, seed: int = 0):
+    """t-SNE of a stratified subsample (PCA to 50 dimensions first); returns (xy, labels)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.permutation(len(features))[: min(n, len(features))])
+    feats = features[idx]
+    dims = min(50, feats.shape[1], len(feats))
+    reduced = PCA(dims, random_state=seed).fit_transform(feats)
+    perplexity = float(min(30, max(2, (len(feats) - 1) // 3)))
+    xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+    return xy, labels[idx]
