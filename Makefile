@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-done
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test lint format smoke lab bench lock clean-notebooks
+.PHONY: help setup browser repro test lint format smoke lab bench lock clean-notebooks
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,6 +21,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP) ## create .venv from requirements.txt and register its Jupyter kernel
 
+browser: ## Debian's chromium + chromium-driver for the browser test (installs with apt if missing)
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
 repro: setup ## run the whole study under params.yaml's profile (default: cpu)
 	$(BIN)/dvc repro
 
@@ -34,7 +39,7 @@ format: setup ## ruff format and fix, strip notebook outputs
 	$(BIN)/ruff check --fix .
 	$(BIN)/python -m bloodcells.notebooks notebooks/*.ipynb
 
-test: lint ## lint, then the whole test suite (unit tests and the smoke DAG)
+test: lint browser ## lint, then the whole test suite (unit tests, smoke DAG, browser test)
 	$(BIN)/python -m pytest
 
 smoke: setup ## only the end-to-end smoke run of the DAG on the sample

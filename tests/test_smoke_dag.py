@@ -74,6 +74,8 @@ def test_every_stage_ran_and_left_its_outputs(smoke_project):
         "reports/notebooks/01_preprocessing.ipynb",
         "metrics/preprocess.json",
         "metrics/xception.json",
+        "metrics/summary.json",
+        "reports/index.html",
         "dvc.lock",
     ):
         assert (smoke_project / out).is_file(), out
@@ -143,3 +145,37 @@ def test_supcon_has_its_cross_entropy_control(smoke_project):
     assert {"supcon", "supcon_ce_control"} <= set(metrics)
     html = (smoke_project / "reports/11_supcon.html").read_text()
     assert "cross-entropy for" in html and "Temperature 0.1" in html
+
+
+def test_index_page_in_a_real_browser(smoke_project):
+    """The index loads, every report link resolves, no console errors, non-blank screenshot."""
+    from urllib.parse import unquote, urlparse
+
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    from tests import browser
+
+    assert browser.available(), (
+        "Debian's chromium and chromium-driver are needed: `make browser` installs them."
+    )
+    index = smoke_project / "reports" / "index.html"
+    shots = ROOT / "reports" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    with browser.chromium() as driver:
+        driver.get(index.as_uri())
+        assert "reproducible study" in driver.title
+        assert driver.find_element(By.TAG_NAME, "table").is_displayed()
+        links = [a.get_attribute("href") for a in driver.find_elements(By.TAG_NAME, "a")]
+        assert len(links) == 12, links  # notebooks 01..12
+        assert browser.console_errors(driver) == []
+        shot = shots / "smoke_index.png"
+        driver.save_screenshot(str(shot))
+        for link in links:
+            target = Path(unquote(urlparse(link).path))
+            assert target.is_file(), link
+            driver.get(link)
+            assert browser.console_errors(driver) == [], link
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.std() > 5 and len(np.unique(pixels)) > 20  # not a blank page

@@ -124,7 +124,7 @@ def evaluate(
     return out
 
 
-def _git(*args: str) -> str:
+def git_output(*args: str) -> str:
     try:
         return subprocess.run(
             ["git", *args], capture_output=True, text=True, check=True, timeout=10
@@ -161,8 +161,8 @@ def provenance(params: dict, data_hash: str) -> dict:
         except metadata.PackageNotFoundError:
             versions[lib] = None
     return {
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": git_output("rev-parse", "HEAD"),
+        "git_dirty": bool(git_output("status", "--porcelain", "--untracked-files=no")),
         "params_hash": params_hash(params),
         "profile": params.get("profile"),
         "data_hash": data_hash,

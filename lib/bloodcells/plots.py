@@ -103,3 +103,67 @@ def embedding_maps(maps: dict[str, tuple[np.ndarray, np.ndarray]]) -> plt.Figure
     axes[0][-1].legend(markerscale=3, fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+def forest_plot(table: pd.DataFrame) -> plt.Figure:
+    """Test accuracy with its 95% CI per model, best at the top."""
+    df = table.sort_values("test acc.")
+    lo = df["95% CI"].str.strip("[]").str.split(", ").str[0].astype(float)
+    hi = df["95% CI"].str.strip("[]").str.split(", ").str[1].astype(float)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(df) + 1.2))
+    y = np.arange(len(df))
+    ax.errorbar(
+        df["test acc."], y, xerr=[df["test acc."] - lo, hi - df["test acc."]], fmt="o", capsize=3
+    )
+    ax.set_yticks(y, df.index)
+    ax.set_xlabel("test accuracy (%), 95% bootstrap CI")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def recall_heatmap(recalls: pd.DataFrame) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(recalls) + 1.5))
+    sns.heatmap(
+        recalls, annot=True, fmt=".2f", cmap="RdYlGn", vmin=0, vmax=1, ax=ax, annot_kws={"size": 7}
+    )
+    ax.set_title("recall per class on the test split")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagrams(curves: dict[str, pd.DataFrame]) -> plt.Figure:
+    n = len(curves)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (name, curve) in zip(axes.ravel(), curves.items(), strict=False):
+        ax.axis("on")
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.plot(curve["confidence"], curve["accuracy"], "o-", markersize=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def image_rows(images: np.ndarray, maps: np.ndarray | None, titles: list[str]) -> plt.Figure:
+    """Images (and, when given, their saliency maps overlaid), one per column."""
+    n = len(images)
+    rows = 2 if maps is not None else 1
+    fig, axes = plt.subplots(rows, n, figsize=(1.9 * n, 2.1 * rows), squeeze=False)
+    for i in range(n):
+        axes[0][i].imshow(images[i])
+        axes[0][i].set_title(titles[i], fontsize=7)
+        axes[0][i].axis("off")
+        if maps is not None:
+            axes[1][i].imshow(images[i])
+            axes[1][i].imshow(maps[i], cmap="jet", alpha=0.5)
+            axes[1][i].axis("off")
+    fig.tight_layout()
+    return fig

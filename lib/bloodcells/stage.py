@@ -75,6 +75,9 @@ def run_notebook(notebook: Path, params: dict | None = None, out_root: Path | No
     executed.parent.mkdir(parents=True, exist_ok=True)
     parameters = notebook_parameters(notebook, params)
     kernel = kernel_name()
+    # The kernel inherits this environment: keep TensorFlow's C++ start-up chatter (CUDA
+    # probing on a CPU machine) out of the reports.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     t0 = time.perf_counter()
     failure = None
     try:
