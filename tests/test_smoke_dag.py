@@ -76,6 +76,8 @@ def test_every_stage_ran_and_left_its_outputs(smoke_project):
         "metrics/xception.json",
         "metrics/summary.json",
         "reports/index.html",
+        "reports/model_card.md",
+        "export/best.keras",
         "dvc.lock",
     ):
         assert (smoke_project / out).is_file(), out
@@ -168,7 +170,7 @@ def test_index_page_in_a_real_browser(smoke_project):
         assert "reproducible study" in driver.title
         assert driver.find_element(By.TAG_NAME, "table").is_displayed()
         links = [a.get_attribute("href") for a in driver.find_elements(By.TAG_NAME, "a")]
-        assert len(links) == 12, links  # notebooks 01..12
+        assert len(links) == 13, links  # notebooks 01..12 and the model card
         assert browser.console_errors(driver) == []
         shot = shots / "smoke_index.png"
         driver.save_screenshot(str(shot))
@@ -179,3 +181,24 @@ def test_index_page_in_a_real_browser(smoke_project):
             assert browser.console_errors(driver) == [], link
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 5 and len(np.unique(pixels)) > 20  # not a blank page
+
+
+def test_exported_best_model_predicts_from_the_command_line(smoke_project, sample_dir):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run(
+        [
+            "bloodcells-predict",
+            "export/best.keras",
+            str(sample_dir / "platelet"),
+            "--quiet",
+            "--json",
+            "predictions.json",
+        ],
+        cwd=smoke_project,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr
+    data = json.loads((smoke_project / "predictions.json").read_text())
+    assert len(data["predictions"]) == len(list((sample_dir / "platelet").iterdir()))

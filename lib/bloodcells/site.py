@@ -82,6 +82,9 @@ def build_index(root: Path | None = None) -> Path:
     parts.append("<h2>Reports</h2><ul>")
     for report in notebooks:
         parts.append(f'<li><a href="{report.name}">{html.escape(_title(report))}</a></li>')
+    card = reports / "model_card.html"
+    if card.is_file():
+        parts.append(f'<li><a href="{card.name}">Model card of the best model</a></li>')
     parts.append("</ul>")
     hw = hardware()
     meta = {

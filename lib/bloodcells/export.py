@@ -1,0 +1,190 @@
+"""Exporting a trained model as one file with its metadata, and its model card.
+
+The export is the Keras ``.keras`` archive with one more member, ``bloodcells.json``: class
+names, input size, preprocessing, metrics, data hash and commit. Keras ignores the extra
+member when loading; :func:`read_metadata` reads it without loading the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+from bloodcells.paths import CLASSES, project_root, resolve
+
+METADATA = "bloodcells.json"
+
+
+class NotAModelError(ValueError):
+    """The file is not a model exported by this project."""
+
+
+def export_model(record: dict, source: Path, dest: Path) -> Path:
+    """Copy ``source`` (a saved .keras model) to ``dest`` with the run's metadata inside."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(".tmp")
+    shutil.copy2(source, tmp)
+    test = record["test"]
+    metadata = {
+        "model": record["variant"],
+        "family": record["family"],
+        "classes": list(CLASSES),
+        "input_size": record["image_size"],
+        "preprocessing": (
+            "RGB, resized to input_size x input_size (Pillow JPEG draft + bilinear), uint8 "
+            "0..255 fed to the model; scaling is inside the model (layer 'preprocess')"
+        ),
+        "weights": record["weights"],
+        "epochs": record["epochs"],
+        "metrics": {
+            "test_accuracy": test["accuracy"],
+            "test_accuracy_ci95": test["ci95"]["accuracy"],
+            "test_macro_f1": test["macro_f1"],
+            "test_macro_f1_ci95": test["ci95"]["macro_f1"],
+            "test_balanced_accuracy": test["balanced_accuracy"],
+            "test_ece": test["ece"],
+            "per_class": test["per_class"],
+        },
+        "data_hash": record["provenance"]["data_hash"],
+        "git_commit": record["provenance"]["git_commit"],
+        "profile": record["provenance"]["profile"],
+    }
+    with zipfile.ZipFile(tmp, "a") as zf:
+        zf.writestr(METADATA, json.dumps(metadata, indent=2))
+    tmp.replace(dest)
+    return dest
+
+
+def read_metadata(path: Path) -> dict:
+    """The metadata of an exported model; a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotAModelError(f"{path}: no such file.")
+    if not zipfile.is_zipfile(path):
+        raise NotAModelError(f"{path}: not a Keras model archive (.keras).")
+    with zipfile.ZipFile(path) as zf:
+        if METADATA not in zf.namelist():
+            raise NotAModelError(
+                f"{path}: a Keras archive without {METADATA}; export it with "
+                "`python -m bloodcells.export` so its size and classes are known."
+            )
+        return json.loads(zf.read(METADATA))
+
+
+def load_exported(path: Path):
+    """(model, metadata) of an exported model, loaded in Keras's safe mode.
+
+    Safe mode refuses to deserialise arbitrary Python code (lambda layers), so a crafted
+    model file cannot run code when it is loaded.
+    """
+    import keras
+
+    metadata = read_metadata(path)
+    try:
+        model = keras.saving.load_model(path, safe_mode=True)
+    except Exception as exc:  # Keras raises several types for a bad archive
+        raise NotAModelError(f"{path}: cannot be loaded as a Keras model ({exc}).") from exc
+    return model, metadata
+
+
+def model_card(metadata: dict) -> str:
+    """The model card (markdown): intended use, data and its limits, metrics, calibration."""
+    m = metadata["metrics"]
+    rows = "\n".join(
+        f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+        for c, v in m["per_class"].items()
+    )
+    acc_ci = m["test_accuracy_ci95"]
+    f1_ci = m["test_macro_f1_ci95"]
+    return f"""# Model card: {metadata["model"]}
+
+## Intended use
+Research on automatic classification of single peripheral-blood-cell images into eight
+classes ({", ".join(metadata["classes"])}). **Not for diagnosis** or any clinical decision.
+
+## Model
+Family {metadata["family"]}, input {metadata["input_size"]} x {metadata["input_size"]} px RGB,
+weights `{metadata["weights"]}`, {metadata["epochs"]} epoch(s), profile `{metadata["profile"]}`,
+git commit `{metadata["git_commit"]}`. Preprocessing: {metadata["preprocessing"]}.
+
+## Data and its limits
+Trained and tested on the PBC dataset (Acevedo et al., Data in Brief 30, 2020, CC BY 4.0):
+17,092 images of normal cells from one laboratory (Hospital Clinic of Barcelona), one
+scanner (CellaVision DM96) and one staining protocol, cleaned of a non-image, duplicates and
+a label conflict (data hash `{metadata["data_hash"][:16]}`). The split is by image: there is
+no patient identifier, so images of the same patient may fall on both sides. Expect lower
+scores on other laboratories, scanners, stains and on pathological cells.
+
+## Metrics (held-out test split, 95% bootstrap CIs)
+- accuracy {100 * m["test_accuracy"]:.2f}% [{100 * acc_ci[0]:.2f}, {100 * acc_ci[1]:.2f}]
+- macro-F1 {100 * m["test_macro_f1"]:.2f}% [{100 * f1_ci[0]:.2f}, {100 * f1_ci[1]:.2f}]
+- balanced accuracy {100 * m["test_balanced_accuracy"]:.2f}%
+
+| class | precision | recall | F1 | support |
+| --- | --- | --- | --- | --- |
+{rows}
+
+## Calibration
+Expected calibration error on the test split: {m["test_ece"]:.4f} (15 bins). Probabilities
+are the softmax outputs; see notebook 12 for reliability diagrams and temperature scaling.
+"""
+
+
+def card_html(markdown_text: str) -> str:
+    """A minimal standalone HTML rendering of the card (headings, lists, tables)."""
+    out, table = [], []
+    for line in markdown_text.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if not set("".join(cells)) <= set("- "):
+                table.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            continue
+        if table:
+            out.append("<table border='1' cellpadding='4'>" + "".join(table) + "</table>")
+            table = []
+        if line.startswith("# "):
+            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("## "):
+            out.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("- "):
+            out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    if table:
+        out.append("<table border='1' cellpadding='4'>" + "".join(table) + "</table>")
+    body = "\n".join(out)
+    head = "<head><meta charset='utf-8'><title>Model card</title></head>"
+    return f"<!DOCTYPE html><html lang='en'>{head}<body>{body}</body></html>"
+
+
+def export_best(root: Path | None = None) -> Path:
+    """Export the best model of the run (``metrics/summary.json``) with its model card."""
+    root = root or project_root()
+    summary = json.loads((root / "metrics" / "summary.json").read_text())
+    best = summary["best_model"]
+    matches = list(resolve("models", root).glob(f"*/{best}/evaluation.json"))
+    if not matches:
+        raise FileNotFoundError(f"No evaluation.json for the best model {best!r} under models/.")
+    record = json.loads(matches[0].read_text())
+    dest = export_model(record, matches[0].parent / "model.keras", root / "export" / "best.keras")
+    card = model_card(read_metadata(dest))
+    (root / "reports" / "model_card.md").write_text(card)
+    (root / "reports" / "model_card.html").write_text(card_html(card))
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description="Export the best model with its model card.").parse_args(
+        argv
+    )
+    print(f"exported {export_best()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Export -> load -> predict, bad inputs, safe loading, the model card."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from bloodcells import experiment, export, predict, preprocess
+from bloodcells.config import load_params
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, built, sample_dir):
+    """A CNN trained for one epoch on the sample at 32 px, exported with its metadata."""
+    root = tmp_path_factory.mktemp("predict")
+    manifest, _ = built
+    preprocess.write_manifest(manifest, root / "data/interim/manifest.csv")
+    preprocess.cache_arrays(manifest, sample_dir, 32, root / "data/processed/32", workers=2)
+    params = load_params(ROOT / "params.yaml", profile="smoke")
+    record = experiment.run_variant(params, "cnn", root=root, verbose=0, epochs=1)
+    path = export.export_model(record, root / "models/cnn/cnn/model.keras", root / "best.keras")
+    test_files = [sample_dir / p for p in manifest.loc[manifest["split"] == "test", "path"]]
+    probs = np.load(root / "models/cnn/cnn/predictions.npz")["test_probs"]
+    return path, test_files, probs
+
+
+def test_round_trip_matches_the_evaluation_predictions(exported):
+    path, files, expected = exported
+    model, meta = export.load_exported(path)
+    assert meta["input_size"] == 32 and len(meta["classes"]) == 8
+    got = dict(
+        (p, pr) for p, pr, err in predict.predict_files(model, meta, files, 16, progress=False)
+    )
+    assert len(got) == len(files)
+    np.testing.assert_allclose(np.stack([got[f] for f in files]), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_writes_csv_and_json(exported, tmp_path, capsys):
+    path, files, _ = exported
+    code = predict.main(
+        [
+            str(path),
+            str(files[0].parent),
+            "--csv",
+            str(tmp_path / "p.csv"),
+            "--json",
+            str(tmp_path / "p.json"),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr()
+    assert "images/s" in out.err
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0].startswith("file,prediction,probability,p_basophil")
+    data = json.loads((tmp_path / "p.json").read_text())
+    probs = [sum(v for k, v in r.items() if k.startswith("p_")) for r in data["predictions"]]
+    assert np.allclose(probs, 1, atol=1e-4)
+
+
+def test_any_common_format_and_mode(exported, tmp_path):
+    path, files, _ = exported
+    src = Image.open(files[0])
+    variants = {
+        "rgba.png": src.convert("RGBA"),
+        "grey.tiff": src.convert("L"),
+        "palette.gif": src.convert("P"),
+        "plain.bmp": src.convert("RGB"),
+    }
+    for name, im in variants.items():
+        im.save(tmp_path / name)
+    assert predict.main([str(path), str(tmp_path), "--quiet"]) == 0
+
+
+def test_bad_inputs_are_skipped_with_a_clear_error(exported, tmp_path, capsys):
+    path, files, _ = exported
+    good = tmp_path / "good.jpg"
+    good.write_bytes(files[0].read_bytes())
+    (tmp_path / "truncated.jpg").write_bytes(files[1].read_bytes()[:3000])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("this is not an image\n")
+    Image.new("L", (8000, 8000)).save(tmp_path / "bomb.png")  # 64 MP > the 50 MP limit
+    missing = tmp_path / "missing.jpg"
+    code = predict.main([str(path), str(tmp_path), str(missing), "--csv", str(tmp_path / "o.csv")])
+    err = capsys.readouterr().err
+    assert code == 1
+    for name, reason in [
+        ("truncated.jpg", "truncated or corrupt"),
+        ("empty.jpg", "not an image"),
+        ("text.jpg", "not an image"),
+        ("bomb.png", "decompression bomb"),
+        ("missing.jpg", "no such file"),
+    ]:
+        lines = [line for line in err.splitlines() if name in line]
+        assert len(lines) == 1 and reason in lines[0], (name, err)
+    rows = (tmp_path / "o.csv").read_text().splitlines()
+    assert len(rows) == 2 and "good.jpg" in rows[1]  # the rest still classified
+
+
+def test_a_file_that_is_not_a_model(tmp_path, capsys):
+    text = tmp_path / "model.keras"
+    text.write_text("not a model")
+    assert predict.main([str(text), str(tmp_path)]) == 2
+    assert "not a Keras model archive" in capsys.readouterr().err
+    bare = tmp_path / "bare.keras"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save(bare)
+    with pytest.raises(export.NotAModelError, match="without bloodcells.json"):
+        export.read_metadata(bare)
+
+
+def test_safe_mode_refuses_code_in_a_model(exported, tmp_path):
+    path, _, _ = exported
+    inputs = keras.Input((32, 32, 3))
+    crafted = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs))
+    evil = tmp_path / "evil.keras"
+    crafted.save(evil)
+    with zipfile.ZipFile(path) as zf:
+        meta = zf.read(export.METADATA)
+    with zipfile.ZipFile(evil, "a") as zf:
+        zf.writestr(export.METADATA, meta)
+    with pytest.raises(export.NotAModelError, match="(?i)safe"):
+        export.load_exported(evil)
+
+
+def test_model_card(exported):
+    path, _, _ = exported
+    meta = export.read_metadata(path)
+    card = export.model_card(meta)
+    assert "Not for diagnosis" in card and "one laboratory" in card
+    assert f"{100 * meta['metrics']['test_accuracy']:.2f}%" in card
+    assert "<table" in export.card_html(card)
