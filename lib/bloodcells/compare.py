@@ -200,5 +200,7 @@ def load_model(run: dict, root: Path | None = None):
     """The saved Keras model of a run, loaded in safe mode."""
     import keras
 
+    import bloodcells.models  # noqa: F401 - registers the Preprocess layer for loading
+
     path = resolve(Path("models") / run["key"] / run["variant"] / "model.keras", root)
-    return keras.saving.load_model(path, safe_mode=True)
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

@@ -84,9 +84,11 @@ def load_exported(path: Path):
     """
     import keras
 
+    import bloodcells.models  # noqa: F401 - registers the Preprocess layer for loading
+
     metadata = read_metadata(path)
     try:
-        model = keras.saving.load_model(path, safe_mode=True)
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises several types for a bad archive
         raise NotAModelError(f"{path}: cannot be loaded as a Keras model ({exc}).") from exc
     return model, metadata

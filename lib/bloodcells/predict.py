@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 import warnings
@@ -22,6 +23,8 @@ from tqdm.auto import tqdm
 
 from bloodcells.export import NotAModelError, load_exported
 from bloodcells.preprocess import load_resized
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no CUDA-probing chatter on a CPU
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
