@@ -69,3 +69,21 @@ def test_not_yaml(tmp_path):
     path.write_text("profile: [unclosed")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(path)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda r: r["models"]["resnet50"].update(optimizers=["sgd", "adamw"]),
+            r"'models\.resnet50\.optimizers' has 'adamw'; allowed: adam, rmsprop, sgd",
+        ),
+        (lambda r: r["models"]["cnn"].update(balance="undersample"), r"'models\.cnn\.balance'"),
+        (lambda r: r["train"].update(weights="imagenet21k"), r"'train\.weights'.*none, imagenet"),
+        (lambda r: r["models"]["cnn"].update(epochs=0), r"'models\.cnn\.epochs'"),
+        (lambda r: r["models"]["cnn"].update(image_size=48), r"'models\.cnn\.image_size' is 48"),
+    ],
+)
+def test_model_settings_fail_before_any_work(tmp_path, mutate, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, mutate))

@@ -97,7 +97,27 @@ def validate(params: dict) -> dict:
         raise ParamsError(
             f"Params key 'preprocess.image_sizes' values must lie in 16..512 px; got {sizes!r}."
         )
+    allowed = {
+        "optimizers": ("adam", "rmsprop", "sgd"),
+        "balance": ("none", "class_weight", "smote"),
+        "weights": ("none", "imagenet"),
+    }
+    for key, values in allowed.items():
+        value = (params.get("train") or {}).get(key)
+        if key != "optimizers" and value is not None and value not in values:
+            raise ParamsError(
+                f"Params key 'train.{key}' is {value!r}; allowed: {', '.join(values)}."
+            )
     for key, entry in (params.get("models") or {}).items():
+        for name, values in allowed.items():
+            given = entry.get(name)
+            given = given if isinstance(given, list) else [given]
+            bad = [g for g in given if g is not None and g not in values]
+            if bad:
+                raise ParamsError(
+                    f"Params key 'models.{key}.{name}' has {bad[0]!r}; "
+                    f"allowed: {', '.join(values)}."
+                )
         _check_positive_int(params, f"models.{key}.epochs")
         _require(params, f"models.{key}.image_size")
         for name, size in entry.items():
