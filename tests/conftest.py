@@ -45,3 +45,10 @@ def sample_copy(sample_dir, tmp_path) -> Path:
     dest = tmp_path / "src" / "PBC_dataset_normal_DIB"
     shutil.copytree(sample_dir, dest)
     return dest
+
+
+def mini_project(root: Path, manifest: pd.DataFrame, sample_dir: Path, size: int = 32) -> Path:
+    """Lay out a minimal project root: the sample's manifest and its arrays at ``size`` px."""
+    preprocess.write_manifest(manifest, root / "data/interim/manifest.csv")
+    preprocess.cache_arrays(manifest, sample_dir, size, root / f"data/processed/{size}", workers=2)
+    return root

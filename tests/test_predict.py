@@ -10,18 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcells import experiment, export, predict, preprocess
+from bloodcells import experiment, export, predict
 from bloodcells.config import load_params
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mini_project
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, built, sample_dir):
     """A CNN trained for one epoch on the sample at 32 px, exported with its metadata."""
-    root = tmp_path_factory.mktemp("predict")
     manifest, _ = built
-    preprocess.write_manifest(manifest, root / "data/interim/manifest.csv")
-    preprocess.cache_arrays(manifest, sample_dir, 32, root / "data/processed/32", workers=2)
+    root = mini_project(tmp_path_factory.mktemp("predict"), manifest, sample_dir)
     params = load_params(ROOT / "params.yaml", profile="smoke")
     record = experiment.run_variant(params, "cnn", root=root, verbose=0, epochs=1)
     path = export.export_model(record, root / "models/cnn/cnn/model.keras", root / "best.keras")

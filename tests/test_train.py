@@ -11,7 +11,7 @@ import pytest
 from bloodcells import experiment, preprocess, train
 from bloodcells.config import load_params
 from bloodcells.models import ModelConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, mini_project
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,7 @@ def smoke_params():
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, built, sample_dir):
     """A minimal project root with the sample's manifest and 32 px arrays."""
-    root = tmp_path_factory.mktemp("proj")
-    manifest, _ = built
-    preprocess.write_manifest(manifest, root / "data/interim/manifest.csv")
-    preprocess.cache_arrays(manifest, sample_dir, 32, root / "data/processed/32", workers=2)
-    return root
+    return mini_project(tmp_path_factory.mktemp("proj"), built[0], sample_dir)
 
 
 @pytest.fixture(scope="module")
