@@ -10,7 +10,6 @@ where it stopped, and logs per-epoch curves with dvclive.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -363,12 +362,6 @@ def train_model(
         config=asdict(cfg),
         train_size=len(x_train),
     )
-
-
-def clear_run(out_dir: Path) -> None:
-    """Forget an earlier run in ``out_dir`` (its checkpoint, backup and log)."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
 
 
 def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
