@@ -100,9 +100,7 @@ def family_conclusion(key: str, records: list[dict]) -> str:
         )
     if len(records) > 1:
         ranked = sorted(records, key=lambda r: -r["test"]["accuracy"])
-        overlap = (
-            ranked[0]["test"]["ci95"]["accuracy"][0] <= ranked[1]["test"]["ci95"]["accuracy"][1]
-        )
+        overlap = ci_overlap(ranked[0], ranked[1])
         text += (
             f" Between the variants, {ranked[0]['variant']} leads {ranked[1]['variant']} by "
             f"{100 * (ranked[0]['test']['accuracy'] - ranked[1]['test']['accuracy']):.2f} points; "
@@ -151,7 +149,8 @@ def shuffling_verdict(study: dict) -> str:
     )
 
 
-def _overlap(a: dict, b: dict) -> bool:
+def ci_overlap(a: dict, b: dict) -> bool:
+    """Whether two runs' 95% CIs of test accuracy overlap."""
     x, y = a["test"]["ci95"]["accuracy"], b["test"]["ci95"]["accuracy"]
     return x[0] <= y[1] and y[0] <= x[1]
 
@@ -164,7 +163,7 @@ def hybrid_verdict(hybrid: dict, branches: list[dict]) -> str:
         parts.append(
             f"{abs(diff):.2f} points {'above' if diff >= 0 else 'below'} {b['variant']} "
             f"({pct(b['test']['accuracy'])}; 95% CIs "
-            f"{'overlap' if _overlap(hybrid, b) else 'do not overlap'})"
+            f"{'overlap' if ci_overlap(hybrid, b) else 'do not overlap'})"
         )
     return (
         f"On the same test split the hybrid ({pct(hybrid['test']['accuracy'])}) is "
@@ -185,6 +184,6 @@ def supcon_verdict(supcon: dict, control: dict) -> str:
         f"cross-entropy for {control['epochs']} epoch(s) reaches "
         f"{pct(control['test']['accuracy'])}: SupCon is {abs(diff):.2f} points "
         f"{'above' if diff >= 0 else 'below'}, and the 95% CIs "
-        f"{'overlap' if _overlap(supcon, control) else 'do not overlap'}. Temperature "
+        f"{'overlap' if ci_overlap(supcon, control) else 'do not overlap'}. Temperature "
         f"{supcon['temperature']}."
     )

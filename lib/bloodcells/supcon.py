@@ -219,11 +219,10 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
     supcon_record = finish_run(params, KEY, KEY, total, head, data, dirs, root, extra)
 
     # The control: same encoder and head, cross-entropy end to end, as many epochs.
-    control_cfg = cfg
-    cdirs = run_dirs(KEY, "supcon_ce_control", control_cfg, root)
+    cdirs = run_dirs(KEY, "supcon_ce_control", cfg, root)
     control_encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights)
     control = train_model(
-        control_cfg,
+        cfg,
         x_tr,
         y_tr,
         x_val,
@@ -237,7 +236,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
         params,
         KEY,
         "supcon_ce_control",
-        control_cfg,
+        cfg,
         control,
         data,
         cdirs,
