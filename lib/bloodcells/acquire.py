@@ -19,6 +19,7 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from bloodcells.config import load_params
 from bloodcells.paths import DATASET_DIRNAME, project_root, resolve
+from bloodcells.timing import record_stage_time
 
 CHUNK = 1 << 20
 ENV_VAR = "PBC_DATA"
@@ -284,11 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", help="override params.yaml's profile")
     args = parser.parse_args(argv)
     os.chdir(project_root())
+    t0 = time.perf_counter()
     try:
         acquire(load_params(profile=args.profile))
     except AcquireError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    record_stage_time("data", time.perf_counter() - t0)
     return 0
 
 

@@ -24,6 +24,7 @@ from nbconvert import HTMLExporter
 
 from bloodcells.config import load_params
 from bloodcells.paths import project_root, reports_dir
+from bloodcells.timing import record_stage_time
 
 KERNEL_ENV = "BLOODCELLS_KERNEL"
 DEFAULT_KERNEL = "bloodcells"
@@ -101,6 +102,7 @@ def run_notebook(notebook: Path, params: dict | None = None, out_root: Path | No
             f"{failure.evalue}\nThe executed notebook with its traceback: {executed}\n"
             f"Its report: {html}"
         ) from failure
+    record_stage_time(notebook.stem, seconds, root)
     print(f"{notebook.name}: executed in {seconds:.1f} s -> {html}")
     return html
 
