@@ -150,3 +150,52 @@ def test_keras_validation_split_semantics():
     assert set(yva) == {6, 7} and 7 not in set(ytr)
     (_, ytr), (_, yva) = experiment.keras_validation_split(x, y, 0.2, "shuffled", 0)
     assert len(set(ytr)) == 8 and len(yva) == 16
+
+
+MIRRORED = """
+import sys
+from pathlib import Path
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from bloodcells import train
+from bloodcells.config import load_params
+devices = tuple(d.name for d in tf.config.list_logical_devices("CPU"))
+strategy = train.distribution_strategy(devices)
+assert strategy.num_replicas_in_sync == 2, strategy
+params = load_params(profile="smoke")
+cfg = train.family_config(params, "cnn", epochs=1, deterministic=False, image_size=32)
+rng = np.random.default_rng(0)
+x = rng.integers(0, 255, (48, 32, 32, 3), dtype=np.uint8)
+y = np.arange(48) % 8
+result = train.train_model(cfg, x, y, x[:16], y[:16], Path(sys.argv[1]), Path(sys.argv[2]),
+                           verbose=0, strategy=strategy)
+assert len(result.history) == 1 and np.isfinite(result.history["loss"]).all()
+print("replicas", strategy.num_replicas_in_sync, "steps/epoch", -(-48 // (cfg.batch_size * 2)))
+"""
+
+
+def test_training_runs_under_a_mirrored_strategy(tmp_path):
+    """tf.distribute: a MirroredStrategy over two devices (two logical CPUs here, every
+    visible GPU on a multi-GPU machine) builds, compiles and trains through train_model."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "work"), str(tmp_path / "live")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "replicas 2" in done.stdout
+
+
+def test_one_device_uses_the_default_strategy():
+    import tensorflow as tf
+
+    if len(tf.config.list_logical_devices("GPU")) < 2:
+        assert train.distribution_strategy().num_replicas_in_sync == 1

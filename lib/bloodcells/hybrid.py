@@ -8,7 +8,7 @@ from pathlib import Path
 from bloodcells.experiment import finish_run, load_splits, run_dirs
 from bloodcells.models import HYBRID_BRANCHES, branch_backbone, build_hybrid, freeze_branches
 from bloodcells.paths import project_root, resolve
-from bloodcells.train import family_config, train_model
+from bloodcells.train import distribution_strategy, family_config, train_model
 
 KEY = "hybrid"
 
@@ -24,16 +24,17 @@ def run_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> dict
     entry = params["models"][KEY]
     cfg = family_config(params, KEY)
     branches = {}
-    if entry["from_stages"]:
-        branches = {
-            family: branch_backbone(
-                resolve(Path("models") / family / family / "model.keras", root),
-                family,
-                cfg.image_size,
-            )
-            for family in HYBRID_BRANCHES
-        }
-    model = build_hybrid(cfg.image_size, 8, cfg.weights, cfg.dense_units, cfg.dropout, branches)
+    with distribution_strategy().scope():
+        if entry["from_stages"]:
+            branches = {
+                family: branch_backbone(
+                    resolve(Path("models") / family / family / "model.keras", root),
+                    family,
+                    cfg.image_size,
+                )
+                for family in HYBRID_BRANCHES
+            }
+        model = build_hybrid(cfg.image_size, 8, cfg.weights, cfg.dense_units, cfg.dropout, branches)
     data = load_splits(cfg.image_size, root)
     (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
     dirs = run_dirs(KEY, KEY, cfg, root)

@@ -157,6 +157,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
     from bloodcells.experiment import finish_run, load_splits, run_dirs
     from bloodcells.paths import project_root
     from bloodcells.train import (
+        distribution_strategy,
         family_config,
         fit_resumable,
         make_optimizer,
@@ -173,13 +174,15 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
 
     # Stage one: encoder + projection head, supervised contrastive loss.
     set_seeds(cfg.seed, cfg.deterministic)
-    encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights)
-    projector = with_projection_head(encoder, int(entry["projection_units"]))
     steps = cfg.epochs * (len(x_tr) // cfg.batch_size)
-    projector.compile(
-        optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, steps),
-        loss=SupConLoss(float(entry["temperature"])),
-    )
+    # Under a mirrored strategy each replica contrasts its own share of the batch.
+    with distribution_strategy().scope():
+        encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights)
+        projector = with_projection_head(encoder, int(entry["projection_units"]))
+        projector.compile(
+            optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, steps),
+            loss=SupConLoss(float(entry["temperature"])),
+        )
     projector, pre_history, pre_seconds = fit_resumable(
         projector,
         two_view_dataset(x_tr, y_tr, cfg.batch_size, cfg.seed),
@@ -191,7 +194,9 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
         mode="min",
         verbose=verbose,
     )
-    encoder = keras.Model(projector.input, projector.get_layer("gap").output, name="encoder")
+    with distribution_strategy().scope():
+        encoder = keras.Model(projector.input, projector.get_layer("gap").output, name="encoder")
+        classifier = classifier_on(encoder, 8, trainable=False, dropout=cfg.dropout)
 
     # Stage two: a classifier on the frozen encoder.
     cfg2 = dataclasses.replace(cfg, epochs=int(entry["classifier_epochs"]))
@@ -203,7 +208,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
         y_val,
         dirs["work"] / "classifier",
         dirs["live"] / "classifier",
-        model=classifier_on(encoder, 8, trainable=False, dropout=cfg.dropout),
+        model=classifier,
         verbose=verbose,
     )
     head = dataclasses.replace(head, seconds=pre_seconds + head.seconds)
@@ -220,7 +225,9 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
 
     # The control: same encoder and head, cross-entropy end to end, as many epochs.
     cdirs = run_dirs(KEY, "supcon_ce_control", cfg, root)
-    control_encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights)
+    with distribution_strategy().scope():
+        control_encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights)
+        control_model = classifier_on(control_encoder, 8, trainable=True, dropout=cfg.dropout)
     control = train_model(
         cfg,
         x_tr,
@@ -229,7 +236,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
         y_val,
         cdirs["work"],
         cdirs["live"],
-        model=classifier_on(control_encoder, 8, trainable=True, dropout=cfg.dropout),
+        model=control_model,
         verbose=verbose,
     )
     control_record = finish_run(

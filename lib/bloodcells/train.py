@@ -9,6 +9,7 @@ where it stopped, and logs per-epoch curves with dvclive.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -113,6 +114,24 @@ def set_seeds(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+
+
+@functools.cache
+def distribution_strategy(devices: tuple[str, ...] | None = None):
+    """The ``tf.distribute`` strategy every model is built and trained under.
+
+    A ``MirroredStrategy`` over every visible GPU when there are two or more (or over
+    ``devices`` when given), else TensorFlow's default one-device strategy. Cached, so the
+    builders and :func:`train_model` share one strategy object.
+    """
+    import tensorflow as tf
+
+    if devices is None:
+        gpus = tf.config.list_logical_devices("GPU")
+        if len(gpus) < 2:
+            return tf.distribute.get_strategy()
+        devices = tuple(d.name for d in gpus)
+    return tf.distribute.MirroredStrategy(list(devices))
 
 
 def augment_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -305,12 +324,15 @@ def train_model(
     callbacks: list | None = None,
     verbose: int = 2,
     model=None,
+    strategy=None,
 ) -> TrainResult:
     """Train one classifier; return it with the weights of its best validation epoch.
 
     The model is built from ``cfg`` unless ``model`` is given (the hybrid's phases, the
-    SupCon classifier). Oversampling and augmentation apply to ``x_train`` only.
-    Interrupted runs resume (see :func:`fit_resumable`).
+    SupCon classifier; build those under ``distribution_strategy().scope()``).
+    Oversampling and augmentation apply to ``x_train`` only. Under a mirrored strategy
+    each replica takes ``cfg.batch_size`` images per step. Interrupted runs resume (see
+    :func:`fit_resumable`).
     """
     import keras
 
@@ -322,27 +344,28 @@ def train_model(
         x_train, y_train = smote_oversample(x_train, y_train, cfg.seed)
     elif cfg.balance == "class_weight":
         class_weight = balanced_class_weights(y_train, n_classes)
-    if model is None:
-        model = build_model(
-            cfg.family,
-            cfg.image_size,
-            n_classes,
-            cfg.weights,
-            cfg.dense_units,
-            cfg.dropout,
-            cfg.frozen_fraction,
+    strategy = strategy or distribution_strategy()
+    batch_size = cfg.batch_size * strategy.num_replicas_in_sync
+    with strategy.scope():
+        if model is None:
+            model = build_model(
+                cfg.family,
+                cfg.image_size,
+                n_classes,
+                cfg.weights,
+                cfg.dense_units,
+                cfg.dropout,
+                cfg.frozen_fraction,
+            )
+        model.compile(
+            optimizer=make_optimizer(
+                cfg.optimizer, cfg.learning_rate, cfg.epochs * -(-len(x_train) // batch_size)
+            ),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+            metrics=["accuracy"],
         )
-    model.compile(
-        optimizer=make_optimizer(
-            cfg.optimizer, cfg.learning_rate, cfg.epochs * -(-len(x_train) // cfg.batch_size)
-        ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=["accuracy"],
-    )
-    train_ds = make_dataset(
-        x_train, y_train, cfg.batch_size, True, cfg.augment, cfg.seed, n_classes
-    )
-    val_ds = make_dataset(x_val, y_val, max(cfg.batch_size, 128), False, n_classes=n_classes)
+    train_ds = make_dataset(x_train, y_train, batch_size, True, cfg.augment, cfg.seed, n_classes)
+    val_ds = make_dataset(x_val, y_val, max(batch_size, 128), False, n_classes=n_classes)
     model, history, seconds = fit_resumable(
         model,
         train_ds,
