@@ -45,8 +45,8 @@ test: lint browser ## lint, then the whole test suite (unit tests, smoke DAG, br
 smoke: setup ## only the end-to-end smoke run of the DAG on the sample
 	$(BIN)/python -m pytest -m e2e -v
 
-bench: setup ## preprocessing throughput at 64/128/224 px (needs the preprocess stage's data)
-	$(BIN)/python -m bloodcells.bench --sizes 64 128 224
+bench: setup ## speed and memory: preprocessing, every family's training/inference, stage times (after dvc repro preprocess)
+	$(BIN)/python -m bloodcells.bench
 
 lab: setup ## JupyterLab on localhost (token on); saves strip outputs
 	$(BIN)/jupyter lab --config=jupyter_server_config.py

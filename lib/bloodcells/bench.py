@@ -1,8 +1,18 @@
-"""``python -m bloodcells.bench``: decode-and-resize throughput of the preprocessing.
+"""``python -m bloodcells.bench`` (``make bench``): the study's speed and memory figures.
 
-Runs the stage's own function (:func:`bloodcells.preprocess.cache_arrays`) on every image
-of the manifest at each size, into a temporary folder, and writes
-``reports/bench_preprocess.json`` and ``.md`` with the machine described.
+Measures, on this machine:
+
+- decode-and-resize throughput of the preprocessing at each size, with the stage's own
+  function (:func:`bloodcells.preprocess.cache_arrays`, all cores, into a temporary folder);
+- training and inference images/s of every family at its size in the active profile:
+  the family is built and compiled exactly as :func:`bloodcells.train.train_model` does,
+  then timed over ``--steps`` training steps (after warm-up steps) on the real cached
+  training images with augmentation, and over ``--infer`` validation images;
+
+and collects, from the last ``dvc repro``, each stage's wall time and peak resident memory
+(``metrics/stages/*.json``, written by the stage runner) and each trained model's recorded
+training time and throughput (``models/*/*/evaluation.json``). Writes
+``reports/bench.json`` and ``reports/bench.md`` with the machine described.
 """
 
 from __future__ import annotations
@@ -12,14 +22,30 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+from bloodcells.config import load_params
 from bloodcells.evaluate import hardware
-from bloodcells.paths import manifest_path, project_root, raw_dataset_dir, reports_dir
+from bloodcells.paths import manifest_path, project_root, raw_dataset_dir, reports_dir, resolve
 from bloodcells.preprocess import cache_arrays, read_manifest
+
+#: params.yaml model entries that are a family of their own (SupCon reuses one as encoder).
+BENCH_KEYS = (
+    "cnn",
+    "unet",
+    "resnet50",
+    "vgg16",
+    "densenet201",
+    "mobilenetv2",
+    "inceptionv3",
+    "xception",
+    "hybrid",
+)
 
 
 def bench_preprocess(sizes: list[int], workers: int = 0, root: Path | None = None) -> dict:
+    """Decode-and-resize images/s of the whole manifest at each size."""
     root = root or project_root()
     manifest = read_manifest(manifest_path(root))
     results = {}
@@ -31,29 +57,196 @@ def bench_preprocess(sizes: list[int], workers: int = 0, root: Path | None = Non
             "seconds": meta["seconds"],
             "images_per_second": meta["images_per_second"],
         }
-    return {"machine": hardware(), "workers": workers or os.cpu_count(), "decode_resize": results}
+    return results
+
+
+def bench_family(
+    params: dict,
+    key: str,
+    root: Path | None = None,
+    steps: int = 20,
+    warmup: int = 3,
+    infer: int = 512,
+) -> dict:
+    """Training and inference images/s of ``models.<key>`` at its configured size."""
+    import numpy as np
+
+    from bloodcells.experiment import load_splits
+    from bloodcells.train import (
+        compiled_classifier,
+        distribution_strategy,
+        family_config,
+        make_dataset,
+        predict_proba,
+        set_seeds,
+    )
+
+    cfg = family_config(params, key, deterministic=False)
+    data = load_splits(cfg.image_size, root)
+    (x_tr, y_tr), (x_val, _) = data["train"], data["val"]
+    set_seeds(cfg.seed, False)
+    batch = cfg.batch_size * distribution_strategy().num_replicas_in_sync
+    with distribution_strategy().scope():
+        model = compiled_classifier(cfg, cfg.epochs * -(-len(x_tr) // batch))
+    batches = iter(make_dataset(x_tr, y_tr, batch, True, cfg.augment, cfg.seed).repeat())
+    for _ in range(warmup):
+        model.train_on_batch(*next(batches))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(*next(batches))
+    train_seconds = time.perf_counter() - t0
+    x_inf = np.asarray(x_val[: min(infer, len(x_val))])
+    predict_proba(model, x_inf[:64])  # warm-up: trace the inference function
+    _, infer_ips = predict_proba(model, x_inf)
+    return {
+        "key": key,
+        "family": cfg.family,
+        "image_size": cfg.image_size,
+        "batch_size": batch,
+        "train_images_per_second": round(steps * batch / train_seconds, 1),
+        "inference_images_per_second": round(infer_ips, 1),
+        "parameter_count": int(model.count_params()),
+        "epoch_minutes_estimate": round(len(x_tr) / (steps * batch / train_seconds) / 60, 2),
+    }
+
+
+def stage_times(root: Path | None = None) -> dict:
+    """Wall time and peak memory of each stage of the last ``dvc repro`` (stage runner)."""
+    folder = resolve("metrics/stages", root)
+    stages = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    stages.sort(key=lambda r: r.get("finished", ""))
+    total = sum(r["seconds"] for r in stages)
+    peak = max(stages, key=lambda r: r["peak_rss_mib"]) if stages else None
+    return {
+        "stages": stages,
+        "total_seconds": round(total, 1),
+        "largest_stage": peak["stage"] if peak else None,
+        "peak_rss_mib": peak["peak_rss_mib"] if peak else None,
+    }
+
+
+def recorded_runs(root: Path | None = None) -> list[dict]:
+    """Compute and result of every trained model, as its evaluation record has them."""
+    rows = []
+    for ev in sorted(resolve("models", root).glob("*/*/evaluation.json")):
+        r = json.loads(ev.read_text())
+        rows.append(
+            {
+                "variant": r["variant"],
+                "image_size": r["image_size"],
+                "epochs": r["epochs"],
+                "train_minutes": r.get("train_minutes"),
+                "train_images_per_second": r.get("train_images_per_second"),
+                "inference_images_per_second": r.get("inference_images_per_second"),
+                "test_accuracy": r["test"]["accuracy"],
+            }
+        )
+    return rows
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def markdown(out: dict) -> str:
+    """The benchmark as markdown tables."""
+    m = out["machine"]
+    lines = [
+        f"# Benchmarks ({out['date']}, profile `{out['profile']}`)",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, GPUs: {', '.join(m['gpus']) or 'none'}; "
+        f"{m['platform']}.",
+    ]
+    if out.get("decode_resize"):
+        lines += ["", "## Preprocessing: decode + resize, all cores", ""]
+        lines += ["| size (px) | images | seconds | images/s |", "| --- | --- | --- | --- |"]
+        for size, r in out["decode_resize"].items():
+            lines.append(
+                f"| {size} | {r['images']:,} | {r['seconds']} | {_fmt(r['images_per_second'])} |"
+            )
+    if out.get("families"):
+        lines += ["", f"## Families, timed now ({out['steps']} training steps each)", ""]
+        lines += [
+            "| model | size (px) | batch | train images/s | est. min/epoch | "
+            "inference images/s | parameters |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in out["families"]:
+            lines.append(
+                f"| {r['key']} | {r['image_size']} | {r['batch_size']} | "
+                f"{_fmt(r['train_images_per_second'])} | {_fmt(r['epoch_minutes_estimate'], 2)} "
+                f"| {_fmt(r['inference_images_per_second'])} | {r['parameter_count']:,} |"
+            )
+    if out.get("runs"):
+        lines += ["", "## Trained models of the last `dvc repro` (as recorded)", ""]
+        lines += [
+            "| run | size (px) | epochs | train min | train images/s | inference images/s "
+            "| test acc. |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in out["runs"]:
+            lines.append(
+                f"| {r['variant']} | {r['image_size']} | {r['epochs']} | "
+                f"{_fmt(r['train_minutes'])} | {_fmt(r['train_images_per_second'])} | "
+                f"{_fmt(r['inference_images_per_second'])} | {100 * r['test_accuracy']:.2f}% |"
+            )
+    st = out.get("stage_times") or {}
+    if st.get("stages"):
+        lines += ["", "## Stage wall times of the last `dvc repro`", ""]
+        lines += ["| stage | wall time | peak memory (MiB) |", "| --- | --- | --- |"]
+        for r in st["stages"]:
+            lines.append(f"| {r['stage']} | {r['seconds'] / 60:.1f} min | {r['peak_rss_mib']:,} |")
+        lines.append(
+            f"| **all stages** | **{st['total_seconds'] / 60:.1f} min** | "
+            f"largest: {st['largest_stage']}, {st['peak_rss_mib']:,} MiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(
+    params: dict,
+    sizes: list[int],
+    keys: list[str],
+    steps: int = 20,
+    workers: int = 0,
+    root: Path | None = None,
+) -> dict:
+    """Measure and collect everything; write ``reports/bench.{json,md}``; return it."""
+    root = root or project_root()
+    out = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "profile": params.get("profile"),
+        "machine": hardware(),
+        "workers": workers or os.cpu_count(),
+        "steps": steps,
+        "decode_resize": bench_preprocess(sizes, workers, root) if sizes else {},
+        "families": [bench_family(params, key, root, steps) for key in keys],
+        "runs": recorded_runs(root),
+        "stage_times": stage_times(root),
+    }
+    reports = reports_dir(root)
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "bench.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    (reports / "bench.md").write_text(markdown(out), encoding="utf-8")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[64, 128, 224])
+    parser.add_argument("--families", nargs="*", default=list(BENCH_KEYS))
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per family")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--profile", help="override params.yaml's profile")
     args = parser.parse_args(argv)
-    out = bench_preprocess(args.sizes, args.workers)
-    reports = reports_dir()
-    reports.mkdir(exist_ok=True)
-    (reports / "bench_preprocess.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = [
-        f"Machine: {out['machine']['cpu']}, {out['machine']['cores']} cores; "
-        f"{out['workers']} worker processes.",
-        "",
-        "| size (px) | images | seconds | images/s |",
-        "| --- | --- | --- | --- |",
-    ]
-    for size, r in out["decode_resize"].items():
-        lines.append(f"| {size} | {r['images']} | {r['seconds']} | {r['images_per_second']} |")
-    (reports / "bench_preprocess.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    params = load_params(profile=args.profile)
+    unknown = sorted(set(args.families) - set(BENCH_KEYS))
+    if unknown:
+        parser.error(f"unknown --families {unknown}; choose from {', '.join(BENCH_KEYS)}")
+    out = run_bench(params, args.sizes, args.families, args.steps, args.workers)
+    print(markdown(out))
     return 0
 
 

@@ -312,6 +312,32 @@ def fit_resumable(
     return model, read_history(live_dir), seconds
 
 
+def compiled_classifier(cfg: TrainConfig, total_steps: int, n_classes: int = 8, model=None):
+    """``model`` (built from ``cfg`` when None) compiled as every family trains: the
+    configured optimizer with its schedule over ``total_steps``, cross-entropy with
+    label smoothing, accuracy."""
+    import keras
+
+    from bloodcells.models import build_model
+
+    if model is None:
+        model = build_model(
+            cfg.family,
+            cfg.image_size,
+            n_classes,
+            cfg.weights,
+            cfg.dense_units,
+            cfg.dropout,
+            cfg.frozen_fraction,
+        )
+    model.compile(
+        optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, total_steps),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+    return model
+
+
 def train_model(
     cfg: TrainConfig,
     x_train: np.ndarray,
@@ -334,10 +360,6 @@ def train_model(
     each replica takes ``cfg.batch_size`` images per step. Interrupted runs resume (see
     :func:`fit_resumable`).
     """
-    import keras
-
-    from bloodcells.models import build_model
-
     set_seeds(cfg.seed, cfg.deterministic)
     class_weight = None
     if cfg.balance == "smote":
@@ -347,22 +369,8 @@ def train_model(
     strategy = strategy or distribution_strategy()
     batch_size = cfg.batch_size * strategy.num_replicas_in_sync
     with strategy.scope():
-        if model is None:
-            model = build_model(
-                cfg.family,
-                cfg.image_size,
-                n_classes,
-                cfg.weights,
-                cfg.dense_units,
-                cfg.dropout,
-                cfg.frozen_fraction,
-            )
-        model.compile(
-            optimizer=make_optimizer(
-                cfg.optimizer, cfg.learning_rate, cfg.epochs * -(-len(x_train) // batch_size)
-            ),
-            loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-            metrics=["accuracy"],
+        model = compiled_classifier(
+            cfg, cfg.epochs * -(-len(x_train) // batch_size), n_classes, model
         )
     train_ds = make_dataset(x_train, y_train, batch_size, True, cfg.augment, cfg.seed, n_classes)
     val_ds = make_dataset(x_val, y_val, max(batch_size, 128), False, n_classes=n_classes)
