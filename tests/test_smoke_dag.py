@@ -202,3 +202,47 @@ def test_exported_best_model_predicts_from_the_command_line(smoke_project, sampl
     assert run.returncode == 0, run.stderr
     data = json.loads((smoke_project / "predictions.json").read_text())
     assert len(data["predictions"]) == len(list((sample_dir / "platelet").iterdir()))
+
+
+def test_experiment_queue_sweeps_one_family(smoke_project):
+    """`dvc exp run --queue` + `dvc queue start`: a seed sweep of one family reruns that
+    family's stage (and the comparison downstream of it), never the other families."""
+    import time
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("BLOODCELLS_ROOT", None)
+
+    def dvc(*args: str) -> str:
+        done = subprocess.run(
+            ["dvc", *args], cwd=smoke_project, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"dvc {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    dvc("exp", "run", "--queue", "-S", "models.cnn.seed=7", "--name", "cnn-seed-7")
+    dvc("queue", "start", "--jobs", "1")
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = dvc("queue", "status")
+        if "cnn-seed-7" in status and not any(s in status for s in ("Queued", "Running")):
+            break
+        time.sleep(5)
+    assert "Success" in status, status
+    logs = dvc("queue", "logs", "cnn-seed-7")
+    assert "Running stage 'train@cnn'" in logs
+    for other in ("unet", "xception", "supcon"):
+        assert f"Running stage 'train@{other}'" not in logs
+        assert f"Running stage '{other}'" not in logs
+    shown = json.loads(dvc("exp", "show", "--json"))
+    exps = [
+        e
+        for commit in shown
+        for e in (commit.get("experiments") or [])
+        if e.get("name") == "cnn-seed-7"
+    ]
+    assert exps, shown
+    data = exps[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["models"]["cnn"]["seed"] == 7
+    cnn = data["metrics"]["metrics/cnn.json"]["data"]
+    assert 0.0 <= cnn["cnn"]["test_accuracy"] <= 1.0
+    dvc("queue", "stop")
