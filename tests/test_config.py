@@ -82,6 +82,11 @@ def test_not_yaml(tmp_path):
         (lambda r: r["train"].update(weights="imagenet21k"), r"'train\.weights'.*none, imagenet"),
         (lambda r: r["models"]["cnn"].update(epochs=0), r"'models\.cnn\.epochs'"),
         (lambda r: r["models"]["cnn"].update(image_size=48), r"'models\.cnn\.image_size' is 48"),
+        (
+            lambda r: r["champion"].update(tta_views=3),
+            r"'champion\.tta_views' must be 1, 2, 4 or 8",
+        ),
+        (lambda r: r["champion"].update(candidates=0), r"'champion\.candidates'"),
     ],
 )
 def test_model_settings_fail_before_any_work(tmp_path, mutate, message):

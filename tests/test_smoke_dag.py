@@ -149,6 +149,19 @@ def test_supcon_has_its_cross_entropy_control(smoke_project):
     assert "cross-entropy for" in html and "Temperature 0.1" in html
 
 
+def test_champion_is_chosen_on_validation_and_reported(smoke_project):
+    summary = json.loads((smoke_project / "metrics/summary.json").read_text())
+    champ = summary["champion"]
+    assert summary["best_chosen_by"] == "validation accuracy"
+    assert champ["members"] and set(champ["members"]) <= set(champ["candidates"])
+    assert 0.0 <= champ["test_accuracy"] <= 1.0 and champ["inference_images_per_second"] > 0
+    report = (smoke_project / "reports/12_comparison.html").read_text()
+    assert "(ensemble + TTA)" in report and "Traceback" not in report
+    assert f"{100 * champ['test_accuracy']:.2f}% test accuracy" in report
+    index = (smoke_project / "reports/index.html").read_text()
+    assert f"Champion: {champ['name']}" in index
+
+
 def test_index_page_in_a_real_browser(smoke_project):
     """The index loads, every report link resolves, no console errors, non-blank screenshot."""
     from urllib.parse import unquote, urlparse

@@ -135,12 +135,22 @@ def top_confusions(runs: list[dict], n: int = 8) -> pd.DataFrame:
     return pd.DataFrame(pairs)
 
 
-def summary(runs: list[dict], tests: pd.DataFrame) -> dict:
-    """The headline numbers the index page shows (written to ``metrics/summary.json``)."""
+def selected(runs: list[dict]) -> dict:
+    """The model chosen on the validation split (best validation accuracy)."""
+    return max(runs, key=lambda r: r["val_accuracy"])
+
+
+def summary(runs: list[dict], tests: pd.DataFrame, champion: dict | None = None) -> dict:
+    """The headline numbers the index page shows (written to ``metrics/summary.json``).
+
+    The best model is the one chosen on validation, never on the test split.
+    """
     ranked = sorted(runs, key=lambda r: -r["test"]["accuracy"])
-    best = ranked[0]
-    return {
+    best = selected(runs)
+    out = {
         "best_model": best["variant"],
+        "best_chosen_by": "validation accuracy",
+        "best_val_accuracy": best["val_accuracy"],
         "best_test_accuracy": best["test"]["accuracy"],
         "best_test_accuracy_ci95": best["test"]["ci95"]["accuracy"],
         "best_macro_f1": best["test"]["macro_f1"],
@@ -151,6 +161,8 @@ def summary(runs: list[dict], tests: pd.DataFrame) -> dict:
                 "test_accuracy": r["test"]["accuracy"],
                 "ci95": r["test"]["ci95"]["accuracy"],
                 "macro_f1": r["test"]["macro_f1"],
+                "macro_f1_ci95": r["test"]["ci95"]["macro_f1"],
+                "val_accuracy": r["val_accuracy"],
                 "image_size": r["image_size"],
                 "epochs": r["epochs"],
                 "weights": r["weights"],
@@ -164,15 +176,19 @@ def summary(runs: list[dict], tests: pd.DataFrame) -> dict:
         "profile": best["provenance"]["profile"],
         "data_hash": best["provenance"]["data_hash"],
     }
+    if champion is not None:
+        out["champion"] = champion
+    return out
 
 
-def conclusion(runs: list[dict], tests: pd.DataFrame) -> str:
+def conclusion(runs: list[dict], tests: pd.DataFrame, champion: dict | None = None) -> str:
     """The comparison's conclusion, computed from the table and the tests."""
-    ranked = sorted(runs, key=lambda r: -r["test"]["accuracy"])
-    best, second = ranked[0], ranked[1] if len(ranked) > 1 else None
+    best = selected(runs)
+    others = sorted((r for r in runs if r is not best), key=lambda r: -r["val_accuracy"])
+    second = others[0] if others else None
     t = best["test"]
     text = (
-        f"The best model under this profile is **{best['variant']}**: "
+        f"The model chosen on validation under this profile is **{best['variant']}**: "
         f"{100 * t['accuracy']:.2f}% test accuracy (95% CI {100 * t['ci95']['accuracy'][0]:.2f}"
         f"–{100 * t['ci95']['accuracy'][1]:.2f}), macro-F1 {100 * t['macro_f1']:.2f}%, at "
         f"{best['image_size']} px with weights {best['weights']} after {best['epochs']} epoch(s) "
@@ -193,6 +209,14 @@ def conclusion(runs: list[dict], tests: pd.DataFrame) -> str:
             )
         n_sig = int(tests["significant"].sum())
         text += f" {n_sig} of {len(tests)} pairs among the leading models differ significantly."
+    if champion is not None:
+        lo, hi = champion["test_accuracy_ci95"]
+        text += (
+            f" The champion chosen on validation, **{champion['name']}**, scores "
+            f"{100 * champion['test_accuracy']:.2f}% test accuracy (95% CI {100 * lo:.2f}–"
+            f"{100 * hi:.2f}) and macro-F1 {100 * champion['macro_f1']:.2f}% at "
+            f"{champion['inference_images_per_second']:,.0f} images/s."
+        )
     return text
 
 

@@ -87,6 +87,12 @@ def validate(params: dict) -> dict:
     _check_positive_int(params, "preprocess.seed", minimum=0)
     _check_positive_int(params, "preprocess.workers", minimum=0)
     _check_positive_int(params, "preprocess.near_duplicate_max_distance", minimum=0)
+    _check_positive_int(params, "champion.candidates")
+    views = _require(params, "champion.tta_views")
+    if views not in (1, 2, 4, 8):
+        raise ParamsError(
+            f"Params key 'champion.tta_views' must be 1, 2, 4 or 8 (dihedral views); got {views!r}."
+        )
     sizes = _require(params, "preprocess.image_sizes")
     if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes):
         raise ParamsError(

@@ -59,10 +59,22 @@ def build_index(root: Path | None = None) -> Path:
     if summary:
         ci = summary["best_test_accuracy_ci95"]
         parts.append(
-            f"<p><strong>Best model: {html.escape(summary['best_model'])}</strong>, test accuracy "
+            f"<p><strong>Best model (chosen on validation): "
+            f"{html.escape(summary['best_model'])}</strong>, test accuracy "
             f"{100 * summary['best_test_accuracy']:.2f}% (95% CI {100 * ci[0]:.2f}–"
             f"{100 * ci[1]:.2f}), macro-F1 {100 * summary['best_macro_f1']:.2f}%.</p>"
         )
+        champ = summary.get("champion")
+        if champ:
+            cci = champ["test_accuracy_ci95"]
+            parts.append(
+                f"<p><strong>Champion: {html.escape(champ['name'])}</strong> (test-time "
+                f"augmentation over {champ['views']} views, members chosen on validation): "
+                f"test accuracy {100 * champ['test_accuracy']:.2f}% (95% CI "
+                f"{100 * cci[0]:.2f}–{100 * cci[1]:.2f}), macro-F1 "
+                f"{100 * champ['macro_f1']:.2f}%, {champ['inference_images_per_second']:,.0f} "
+                "images/s.</p>"
+            )
         parts.append(
             "<table><tr><th>model</th><th>test accuracy</th><th>95% CI</th><th>macro-F1</th>"
             "<th>image size</th><th>epochs</th><th>weights</th><th>train min</th></tr>"
