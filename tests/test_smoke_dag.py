@@ -232,7 +232,7 @@ def test_experiment_queue_sweeps_one_family(smoke_project):
         assert done.returncode == 0, f"dvc {' '.join(args)}: {done.stdout}{done.stderr}"
         return done.stdout
 
-    dvc("exp", "run", "--queue", "-S", "models.cnn.seed=7", "--name", "cnn-seed-7")
+    dvc("exp", "run", "--queue", "-S", "+models.cnn.seed=7", "--name", "cnn-seed-7")
     dvc("queue", "start", "--jobs", "1")
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -243,6 +243,7 @@ def test_experiment_queue_sweeps_one_family(smoke_project):
     assert "Success" in status, status
     logs = dvc("queue", "logs", "cnn-seed-7")
     assert "Running stage 'train@cnn'" in logs
+    assert "Stage 'preprocess' didn't change, skipping" in logs
     for other in ("unet", "xception", "supcon"):
         assert f"Running stage 'train@{other}'" not in logs
         assert f"Running stage '{other}'" not in logs
