@@ -25,23 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from bloodcells.compare import FAMILY_ORDER
 from bloodcells.config import load_params
 from bloodcells.evaluate import hardware
 from bloodcells.paths import manifest_path, project_root, raw_dataset_dir, reports_dir, resolve
 from bloodcells.preprocess import cache_arrays, read_manifest
 
 #: params.yaml model entries that are a family of their own (SupCon reuses one as encoder).
-BENCH_KEYS = (
-    "cnn",
-    "unet",
-    "resnet50",
-    "vgg16",
-    "densenet201",
-    "mobilenetv2",
-    "inceptionv3",
-    "xception",
-    "hybrid",
-)
+BENCH_KEYS = tuple(key for key in FAMILY_ORDER if key != "supcon")
 
 
 def bench_preprocess(sizes: list[int], workers: int = 0, root: Path | None = None) -> dict:
