@@ -172,7 +172,29 @@ def conv_block(x, filters: int, name: str):
     return x
 
 
-def _cnn_features(x, widths=(32, 64, 128, 256)):
+CNN_WIDTHS = (32, 64, 128, 256)
+
+
+def check_widths(widths, image_size: int, key: str = "conv_widths") -> tuple[int, ...]:
+    """Validate the CNN's per-block filter counts against the image size it pools down."""
+    if (
+        not isinstance(widths, (list, tuple))
+        or not widths
+        or not all(isinstance(w, int) and w > 0 for w in widths)
+    ):
+        raise ModelConfigError(
+            f"Params key '{key}' must be a non-empty list of positive integers (filters per "
+            f"block); got {widths!r}."
+        )
+    if image_size < 2 ** len(widths):
+        raise ModelConfigError(
+            f"Params key '{key}' has {len(widths)} blocks, each halving the image, but the "
+            f"image is {image_size} px; use at least {2 ** len(widths)} px or fewer blocks."
+        )
+    return tuple(widths)
+
+
+def _cnn_features(x, widths=CNN_WIDTHS):
     """The baseline sequential CNN: conv blocks, each followed by max pooling."""
     for i, w in enumerate(widths):
         x = conv_block(x, w, f"block{i + 1}")
@@ -195,11 +217,17 @@ def _unet_features(x, widths=(32, 64, 128), bottleneck: int = 256):
     return x
 
 
-def build_backbone(family: Family, image_size: int, weights: str) -> keras.Model:
-    """The feature extractor of a family, taking preprocessed float input."""
+def build_backbone(
+    family: Family, image_size: int, weights: str, conv_widths: tuple[int, ...] | None = None
+) -> keras.Model:
+    """The feature extractor of a family, taking preprocessed float input.
+
+    ``conv_widths`` sets the CNN's filters per block (default :data:`CNN_WIDTHS`).
+    """
     inputs = keras.Input((image_size, image_size, 3), name="scaled")
     if family.name == "cnn":
-        return keras.Model(inputs, _cnn_features(inputs), name="cnn_backbone")
+        widths = check_widths(conv_widths or CNN_WIDTHS, image_size)
+        return keras.Model(inputs, _cnn_features(inputs, widths), name="cnn_backbone")
     if family.name == "unet":
         return keras.Model(inputs, _unet_features(inputs), name="unet_backbone")
     if weights == "imagenet":
@@ -224,12 +252,14 @@ def build_model(
     dense_units: int = 256,
     dropout: float = 0.5,
     frozen_fraction: float = 0.0,
+    conv_widths: tuple[int, ...] | None = None,
 ) -> keras.Model:
     """Build a classifier of ``family`` for ``image_size`` px RGB input and ``n_classes``.
 
     The head is global average pooling, ``Dense(dense_units, relu)`` (skipped when 0),
     ``Dropout(dropout)`` and a softmax layer. ``frozen_fraction`` freezes that share of the
-    backbone's first layers (the paper's partially frozen MobileNet-V2).
+    backbone's first layers (the paper's partially frozen MobileNet-V2). ``conv_widths``
+    sets the CNN's filters per block (one 2x pooling each); other families ignore it.
     """
     fam = get_family(family)
     check_size(fam, image_size)
@@ -242,7 +272,7 @@ def build_model(
         )
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = Preprocess(fam.preprocess, name="preprocess")(inputs)
-    backbone = build_backbone(fam, image_size, weights)
+    backbone = build_backbone(fam, image_size, weights, conv_widths)
     if weights == "none":
         for layer in backbone.layers:
             if isinstance(layer, layers.BatchNormalization):

@@ -71,12 +71,17 @@ def supcon_reference(labels: np.ndarray, embeddings: np.ndarray, temperature: fl
     return float(np.mean(losses))
 
 
-def build_encoder(family: str, image_size: int, weights: str = "none") -> keras.Model:
+def build_encoder(
+    family: str,
+    image_size: int,
+    weights: str = "none",
+    conv_widths: tuple[int, ...] | None = None,
+) -> keras.Model:
     """Pixels -> a pooled feature vector, with the family's own input scaling."""
     fam = get_family(family)
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = Preprocess(fam.preprocess, name="preprocess")(inputs)
-    x = build_backbone(fam, image_size, weights)(x)
+    x = build_backbone(fam, image_size, weights, conv_widths)(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inputs, x, name=f"{family}_encoder")
 
@@ -177,7 +182,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
     steps = cfg.epochs * (len(x_tr) // cfg.batch_size)
     # Under a mirrored strategy each replica contrasts its own share of the batch.
     with distribution_strategy().scope():
-        encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights)
+        encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights, cfg.conv_widths)
         projector = with_projection_head(encoder, int(entry["projection_units"]))
         projector.compile(
             optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, steps),
@@ -226,7 +231,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
     # The control: same encoder and head, cross-entropy end to end, as many epochs.
     cdirs = run_dirs(KEY, "supcon_ce_control", cfg, root)
     with distribution_strategy().scope():
-        control_encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights)
+        control_encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights, cfg.conv_widths)
         control_model = classifier_on(control_encoder, 8, trainable=True, dropout=cfg.dropout)
     control = train_model(
         cfg,

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bloodcells.models import ModelConfigError, check_size, check_weights, get_family
+from bloodcells.models import (
+    ModelConfigError,
+    check_size,
+    check_weights,
+    check_widths,
+    get_family,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -42,6 +48,7 @@ class TrainConfig:
     balance: str = "class_weight"
     augment: bool = True
     label_smoothing: float = 0.0
+    conv_widths: list | None = None  # the CNN's filters per block; None = models.CNN_WIDTHS
     seed: int = 42
     deterministic: bool = True
     extra: dict = field(default_factory=dict)
@@ -70,6 +77,18 @@ class TrainConfig:
         if not self.learning_rate or self.learning_rate <= 0:
             raise ModelConfigError(
                 f"Params key '{key}.learning_rate' must be > 0; got {self.learning_rate!r}."
+            )
+        if self.conv_widths is not None:
+            if self.family != "cnn":
+                raise ModelConfigError(
+                    f"Params key '{key}.conv_widths' applies to the cnn family only; "
+                    f"{self.family} has a fixed architecture. Remove the key."
+                )
+            check_widths(self.conv_widths, self.image_size, f"{key}.conv_widths")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ModelConfigError(
+                f"Params key '{key}.label_smoothing' must be in [0, 1); "
+                f"got {self.label_smoothing!r}."
             )
         return self
 
@@ -329,6 +348,7 @@ def compiled_classifier(cfg: TrainConfig, total_steps: int, n_classes: int = 8, 
             cfg.dense_units,
             cfg.dropout,
             cfg.frozen_fraction,
+            tuple(cfg.conv_widths) if cfg.conv_widths else None,
         )
     model.compile(
         optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, total_steps),
