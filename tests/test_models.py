@@ -41,6 +41,17 @@ def test_size_under_the_backbone_minimum_names_the_key(family, size):
         build_model(family, size)
 
 
+def test_conv_widths_set_the_cnn_blocks():
+    model = build_model("cnn", 96, dense_units=8, conv_widths=(16, 32, 64, 128, 256))
+    backbone = model.get_layer("cnn_backbone")
+    pools = [layer for layer in backbone.layers if "pool" in layer.name]
+    assert len(pools) == 5
+    assert backbone.output_shape == (None, 3, 3, 256)
+    assert backbone.get_layer("block1_conv1").filters == 16
+    default = build_model("cnn", 96, dense_units=8).get_layer("cnn_backbone")
+    assert default.output_shape == (None, 6, 6, models.CNN_WIDTHS[-1])
+
+
 def test_unknown_family_names_the_key():
     with pytest.raises(ModelConfigError, match="Unknown model family 'resnet51'.*Known"):
         build_model("resnet51", 64)

@@ -37,12 +37,20 @@ def arrays(project):
         ({"epochs": 0}, r"'models\.cnn\.epochs' must be a positive integer"),
         ({"image_size": 12}, r"'models\.cnn\.image_size' is 12"),
         ({"balance": "undersample"}, r"'models\.cnn\.balance'"),
+        ({"conv_widths": [16, 0]}, r"'models\.cnn\.conv_widths' must be a non-empty list"),
+        ({"conv_widths": [8] * 6}, r"'models\.cnn\.conv_widths' has 6 blocks.*at least 64"),
+        ({"label_smoothing": 1.0}, r"'models\.cnn\.label_smoothing' must be in \[0, 1\)"),
     ],
 )
 def test_bad_settings_name_the_key(smoke_params, change, message):
     opt = change.pop("optimizer", None)
     with pytest.raises(ModelConfigError, match=message):
         train.family_config(smoke_params, "cnn", opt, **change)
+
+
+def test_conv_widths_belong_to_the_cnn_only(smoke_params):
+    with pytest.raises(ModelConfigError, match=r"'models\.vgg16\.conv_widths' applies to the cnn"):
+        train.family_config(smoke_params, "vgg16", conv_widths=[16, 32])
 
 
 def test_unknown_family_names_the_key(smoke_params):
