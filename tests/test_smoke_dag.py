@@ -156,7 +156,7 @@ def test_champion_is_chosen_on_validation_and_reported(smoke_project):
     assert champ["members"] and set(champ["members"]) <= set(champ["candidates"])
     assert 0.0 <= champ["test_accuracy"] <= 1.0 and champ["inference_images_per_second"] > 0
     report = (smoke_project / "reports/12_comparison.html").read_text()
-    assert "(ensemble + TTA)" in report and "Traceback" not in report
+    assert "+ TTA" in report and "Traceback" not in report
     assert f"{100 * champ['test_accuracy']:.2f}% test accuracy" in report
     index = (smoke_project / "reports/index.html").read_text()
     assert f"Champion: {champ['name']}" in index

@@ -122,15 +122,18 @@ def build_champion(
             members=[single],
             views=views,
         ),
-        score(
-            " + ".join(members) + " (ensemble + TTA)",
-            np.mean([val[m] for m in members], axis=0),
-            np.mean([test[m] for m in members], axis=0),
-            ens_ips,
-            members=members,
-            views=views,
-        ),
     ]
+    if len(members) > 1:  # a one-member "ensemble" is the TTA row again
+        rows.append(
+            score(
+                " + ".join(members) + " (ensemble + TTA)",
+                np.mean([val[m] for m in members], axis=0),
+                np.mean([test[m] for m in members], axis=0),
+                ens_ips,
+                members=members,
+                views=views,
+            )
+        )
     chosen = max(rows, key=lambda r: r["val_accuracy"])
     return {"candidates": [r["variant"] for r in pool], "rows": rows, "chosen": chosen["name"]}
 
