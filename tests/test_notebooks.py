@@ -79,3 +79,24 @@ def test_missing_kernel_is_a_clear_error(monkeypatch):
     monkeypatch.setenv(stage.KERNEL_ENV, "no-such-kernel")
     with pytest.raises(stage.StageFailed, match="make setup"):
         stage.kernel_name()
+
+
+def test_report_leaves_out_tensorflow_native_log_lines(tmp_path):
+    native = (
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        "I0000 00:00:1795666914.729762   12332 port.cc:153] oneDNN custom operations are on.\n"
+        "E0000 00:00:1795666916.010899   12332 cuda_platform.cc:52] failed call to cuInit\n"
+    )
+    warning = "epoch_iterator.py:164: UserWarning: Your input ran out of data\n"
+    cell = nbformat.v4.new_code_cell("import tensorflow")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=native),
+        nbformat.v4.new_output("stream", name="stderr", text=native + warning),
+        nbformat.v4.new_output("stream", name="stdout", text="I0000 stdout is the study's\n"),
+    ]
+    executed = tmp_path / "run.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[cell]), executed)
+    html = stage.render_html(executed, tmp_path / "run.html").read_text()
+    assert "oneDNN" not in html and "cuInit" not in html and "absl" not in html
+    assert "Your input ran out of data" in html and "stdout is the study" in html
+    assert "oneDNN" in executed.read_text()  # the executed notebook keeps every line

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,13 +53,42 @@ def notebook_parameters(notebook: Path, params: dict) -> dict:
     return {name: params[name] for name in declared if name in params}
 
 
+# TensorFlow's native start-up lines (oneDNN notice, "no CUDA drivers", cuInit), written
+# to stderr by absl before Python can configure logging; TF_CPP_MIN_LOG_LEVEL does not
+# silence them. They say nothing about the study, so reports leave them out (the executed
+# notebook under reports/notebooks/ keeps every line).
+NATIVE_LOG_LINE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\]"
+    r"|To enable the following instructions: .* rebuild TensorFlow)"
+)
+
+
+def drop_native_logs(nb):
+    """``nb`` without TensorFlow's native log lines in its stderr outputs (in place)."""
+    for cell in nb.cells:
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                lines = out["text"].splitlines(keepends=True)
+                kept = [line for line in lines if not NATIVE_LOG_LINE.match(line)]
+                if not "".join(kept).strip():
+                    continue
+                out["text"] = "".join(kept)
+            outputs.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = outputs
+    return nb
+
+
 def render_html(executed: Path, html: Path) -> Path:
     """Render an executed notebook to standalone HTML, images embedded as data URIs."""
     exporter = HTMLExporter(template_name="lab", embed_images=True)
     # No external scripts: the report must open offline, with nothing for a browser to fetch.
     exporter.mathjax_url = ""
     exporter.require_js_url = ""
-    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
+    nb = drop_native_logs(nbformat.read(executed, as_version=4))
+    body, _ = exporter.from_notebook_node(nb)
     html.write_text(body, encoding="utf-8")
     return html
 
