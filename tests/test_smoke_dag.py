@@ -135,6 +135,7 @@ def test_cnn_report_has_cross_validation_and_the_shuffling_verdict(smoke_project
     metrics = json.loads((smoke_project / "metrics/cnn.json").read_text())
     cv, shuffling = metrics["cv"], metrics["shuffling"]
     assert len(cv["folds"]) == 3
+    assert cv["conv_widths"] == [32, 64, 128, 256] == shuffling["conv_widths"]
     assert pct(cv["accuracy_mean"]) in html
     orders = {r["order"] for r in shuffling["runs"]}
     assert orders == {"class_sorted", "shuffled"}

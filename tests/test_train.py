@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import keras
@@ -51,6 +52,15 @@ def test_bad_settings_name_the_key(smoke_params, change, message):
 def test_conv_widths_belong_to_the_cnn_only(smoke_params):
     with pytest.raises(ModelConfigError, match=r"'models\.vgg16\.conv_widths' applies to the cnn"):
         train.family_config(smoke_params, "vgg16", conv_widths=[16, 32])
+
+
+@pytest.mark.parametrize("study", ["cross_validate", "shuffling_study"])
+def test_reduced_size_widths_name_their_key(smoke_params, study, tmp_path):
+    params = copy.deepcopy(smoke_params)
+    name = "cv_conv_widths" if study == "cross_validate" else "shuffling_conv_widths"
+    params["models"]["cnn"][name] = [8] * 6  # six poolings of a 32 px image
+    with pytest.raises(ModelConfigError, match=rf"'models\.cnn\.{name}' has 6 blocks"):
+        getattr(experiment, study)(params, "cnn", tmp_path)
 
 
 def test_unknown_family_names_the_key(smoke_params):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells.evaluate import evaluate, provenance, write_metrics
+from bloodcells.models import check_widths
 from bloodcells.paths import CLASSES, manifest_path, processed_dir, project_root, resolve
 from bloodcells.preprocess import load_split, manifest_hash
 from bloodcells.train import (
@@ -244,6 +245,7 @@ def cross_validate(params: dict, key: str, root: Path | None = None) -> dict:
         epochs=entry["cv_epochs"],
         balance=entry["cv_balance"],
         image_size=entry["cv_image_size"],
+        **_widths(entry, key, "cv_conv_widths", entry["cv_image_size"]),
     )
     x, y, folds = training_part(cfg.image_size, root)
     n_folds = int(entry["cv_folds"])
@@ -279,6 +281,7 @@ def cross_validate(params: dict, key: str, root: Path | None = None) -> dict:
         "image_size": cfg.image_size,
         "epochs": cfg.epochs,
         "balance": cfg.balance,
+        "conv_widths": cfg.conv_widths,
     }
 
 
@@ -301,6 +304,14 @@ def keras_validation_split(
     return (x[tr], y[tr]), (x[va], y[va])
 
 
+def _widths(entry: dict, key: str, name: str, image_size: int) -> dict:
+    """``conv_widths`` for a reduced-size study when ``models.<key>.<name>`` sets it (else
+    the family's own), checked against the study's image size."""
+    if entry.get(name) is None:
+        return {}
+    return {"conv_widths": list(check_widths(entry[name], image_size, f"models.{key}.{name}"))}
+
+
 def shuffling_study(params: dict, key: str, root: Path | None = None) -> dict:
     """The paper's "without/with shuffling", reproduced as Keras's validation_split does it.
 
@@ -311,13 +322,19 @@ def shuffling_study(params: dict, key: str, root: Path | None = None) -> dict:
     root = root or project_root()
     entry = params["models"][key]
     size = entry["shuffling_image_size"]
+    widths = _widths(entry, key, "shuffling_conv_widths", size)  # fails before any work
     x, y, _ = training_part(size, root)
     x_te, y_te = load_splits(size, root)["test"]
     val_fraction = params["preprocess"]["val_size"]
     runs = []
     for seed in entry["shuffling_seeds"]:
         cfg = family_config(
-            params, key, epochs=entry["shuffling_epochs"], seed=int(seed), image_size=size
+            params,
+            key,
+            epochs=entry["shuffling_epochs"],
+            seed=int(seed),
+            image_size=size,
+            **widths,
         )
         for order in ("class_sorted", "shuffled"):
             train, val = keras_validation_split(x, y, val_fraction, order, int(seed))
@@ -351,4 +368,5 @@ def shuffling_study(params: dict, key: str, root: Path | None = None) -> dict:
         "gap_exceeds_2sd": bool(abs(gap) > 2 * spread),
         "image_size": size,
         "epochs": entry["shuffling_epochs"],
+        "conv_widths": cfg.conv_widths,
     }
