@@ -107,6 +107,26 @@ def test_smote_sees_only_training_images(smoke_params, arrays, project, monkeypa
     assert result.train_size == counts.max() * len(counts)  # oversampled to balance
 
 
+def test_train_step_is_traced_once(smoke_params, arrays, tmp_path, monkeypatch):
+    # Optimizer and metric variables exist before fit, so TensorFlow traces the train step
+    # once (each trace of a big backbone costs seconds).
+    from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
+
+    traces = []
+    original = TensorFlowTrainer.train_step
+
+    def counted(self, data):
+        traces.append(1)
+        return original(self, data)
+
+    monkeypatch.setattr(TensorFlowTrainer, "train_step", counted)
+    (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
+    cfg = train.family_config(smoke_params, "cnn", epochs=2, deterministic=False)
+    result = train.train_model(cfg, x_tr, y_tr, x_val, y_val, tmp_path / "w", tmp_path / "l", 8)
+    assert len(traces) == 1
+    assert len(result.history) == 2 and np.isfinite(result.history["loss"]).all()
+
+
 class StopAfterFirstEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 0:
