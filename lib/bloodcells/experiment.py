@@ -309,7 +309,8 @@ def _widths(entry: dict, key: str, name: str, image_size: int) -> dict:
     the family's own), checked against the study's image size."""
     if entry.get(name) is None:
         return {}
-    return {"conv_widths": list(check_widths(entry[name], image_size, f"models.{key}.{name}"))}
+    check_widths(entry[name], image_size, f"models.{key}.{name}")
+    return {"conv_widths": entry[name]}
 
 
 def shuffling_study(params: dict, key: str, root: Path | None = None) -> dict:

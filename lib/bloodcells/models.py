@@ -10,6 +10,7 @@ softmax). Weights are explicit: ``"imagenet"`` or ``"none"``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def _unet_features(x, widths=(32, 64, 128), bottleneck: int = 256):
 
 
 def build_backbone(
-    family: Family, image_size: int, weights: str, conv_widths: tuple[int, ...] | None = None
+    family: Family, image_size: int, weights: str, conv_widths: Sequence[int] | None = None
 ) -> keras.Model:
     """The feature extractor of a family, taking preprocessed float input.
 
@@ -252,7 +253,7 @@ def build_model(
     dense_units: int = 256,
     dropout: float = 0.5,
     frozen_fraction: float = 0.0,
-    conv_widths: tuple[int, ...] | None = None,
+    conv_widths: Sequence[int] | None = None,
 ) -> keras.Model:
     """Build a classifier of ``family`` for ``image_size`` px RGB input and ``n_classes``.
 

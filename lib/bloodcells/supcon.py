@@ -15,6 +15,8 @@ different loss, not used here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 import numpy as np
 from keras import layers, ops
@@ -75,7 +77,7 @@ def build_encoder(
     family: str,
     image_size: int,
     weights: str = "none",
-    conv_widths: tuple[int, ...] | None = None,
+    conv_widths: Sequence[int] | None = None,
 ) -> keras.Model:
     """Pixels -> a pooled feature vector, with the family's own input scaling."""
     fam = get_family(family)

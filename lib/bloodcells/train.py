@@ -334,7 +334,8 @@ def fit_resumable(
 def compiled_classifier(cfg: TrainConfig, total_steps: int, n_classes: int = 8, model=None):
     """``model`` (built from ``cfg`` when None) compiled as every family trains: the
     configured optimizer with its schedule over ``total_steps``, cross-entropy with
-    label smoothing, accuracy."""
+    label smoothing, accuracy; its optimizer and metric variables already created
+    (:func:`build_state`)."""
     import keras
 
     from bloodcells.models import build_model
@@ -348,17 +349,18 @@ def compiled_classifier(cfg: TrainConfig, total_steps: int, n_classes: int = 8, 
             cfg.dense_units,
             cfg.dropout,
             cfg.frozen_fraction,
-            tuple(cfg.conv_widths) if cfg.conv_widths else None,
+            cfg.conv_widths,
         )
     model.compile(
         optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, total_steps),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
+    build_state(model, n_classes)
     return model
 
 
-def build_state(model, x_one: np.ndarray, n_classes: int = 8) -> None:
+def build_state(model, n_classes: int = 8) -> None:
     """Create the optimizer's and the compiled metrics' variables before ``fit``.
 
     Without a tf.distribute strategy, Keras defers this to the first trace of the train
@@ -366,9 +368,10 @@ def build_state(model, x_one: np.ndarray, n_classes: int = 8) -> None:
     time. For DenseNet-201 one trace costs 10-20 s here, which the smoke DAG pays for
     every model it trains. ``_symbolic_build`` is what Keras itself runs under a strategy.
     """
+    x_one = np.zeros((1, *model.input_shape[1:]), dtype=np.uint8)
     y_one = np.eye(n_classes, dtype=np.float32)[:1]
     if hasattr(model, "_symbolic_build"):
-        model._symbolic_build(data_batch=(np.asarray(x_one), y_one, None))
+        model._symbolic_build(data_batch=(x_one, y_one, None))
     elif not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
 
@@ -407,7 +410,6 @@ def train_model(
         model = compiled_classifier(
             cfg, cfg.epochs * -(-len(x_train) // batch_size), n_classes, model
         )
-        build_state(model, x_train[:1], n_classes)
     train_ds = make_dataset(x_train, y_train, batch_size, True, cfg.augment, cfg.seed, n_classes)
     val_ds = make_dataset(x_val, y_val, max(batch_size, 128), False, n_classes=n_classes)
     model, history, seconds = fit_resumable(
