@@ -91,6 +91,21 @@ def test_preprocess_layer_round_trips_through_a_saved_model(tmp_path):
     assert isinstance(loaded.get_layer("preprocess"), models.Preprocess)
 
 
+def test_saved_for_inference_drops_the_optimizer_state(tmp_path):
+    model = build_model("cnn", 32, dense_units=8)
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    model.fit(x, np.eye(8, dtype="float32"), epochs=1, verbose=0)
+    model.save(tmp_path / "full.keras")
+    models.save_for_inference(model, tmp_path / "slim.keras")
+    loaded = keras.saving.load_model(tmp_path / "slim.keras", safe_mode=True)
+    assert not loaded.compiled and loaded.name == model.name
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5)
+    # Adam keeps two moments per weight: without them the file is about a third
+    full, slim = (tmp_path / "full.keras").stat().st_size, (tmp_path / "slim.keras").stat().st_size
+    assert slim < 0.45 * full
+
+
 def test_hybrid_starts_from_trained_branches(tmp_path):
     saved = {}
     for family in models.HYBRID_BRANCHES:

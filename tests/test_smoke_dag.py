@@ -134,7 +134,8 @@ def test_cnn_report_has_cross_validation_and_the_shuffling_verdict(smoke_project
     html = (smoke_project / "reports/02_cnn.html").read_text()
     metrics = json.loads((smoke_project / "metrics/cnn.json").read_text())
     cv, shuffling = metrics["cv"], metrics["shuffling"]
-    assert len(cv["folds"]) == 3
+    params = yaml.safe_load((smoke_project / "params.yaml").read_text())["profiles"]["smoke"]
+    assert len(cv["folds"]) == params["models"]["cnn"]["cv_folds"] == 2
     assert cv["conv_widths"] == [32, 64, 128, 256] == shuffling["conv_widths"]
     assert pct(cv["accuracy_mean"]) in html
     orders = {r["order"] for r in shuffling["runs"]}

@@ -127,6 +127,47 @@ def test_train_step_is_traced_once(smoke_params, arrays, tmp_path, monkeypatch):
     assert len(result.history) == 2 and np.isfinite(result.history["loss"]).all()
 
 
+class BlowUpSecondEpoch(keras.callbacks.Callback):
+    """Scales the weights before the second epoch, which makes that epoch's val_loss worse."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            dense = self.model.layers[-1]
+            dense.kernel.assign(dense.kernel * 100.0)
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_fit_returns_the_best_epochs_weights(arrays, tmp_path, epochs):
+    import tensorflow as tf
+
+    # No batch norm and a learning rate of 0: only the callback changes the weights.
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255)])
+    model.add(keras.layers.Flatten())
+    model.add(keras.layers.Dense(8, activation="softmax"))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+    before = model.layers[-1].get_weights()[0]
+    (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
+    best, history, _ = train.fit_resumable(
+        model,
+        tf.data.Dataset.from_tensor_slices((x_tr, y_tr)).batch(32),
+        tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(32),
+        epochs,
+        tmp_path / "work",
+        tmp_path / "live",
+        monitor="val_loss",
+        mode="min",
+        callbacks=[BlowUpSecondEpoch()],
+        verbose=0,
+    )
+    assert len(history) == epochs
+    np.testing.assert_array_equal(best.layers[-1].get_weights()[0], before)
+    if epochs == 1:  # the last epoch is the best: the model in memory, not reloaded
+        assert best is model
+    else:  # the second epoch is worse: the first one's checkpoint, loaded
+        assert history["val_loss"].iloc[1] > history["val_loss"].iloc[0]
+        assert best is not model
+
+
 class StopAfterFirstEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 0:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells.evaluate import evaluate, provenance, write_metrics
-from bloodcells.models import check_widths
+from bloodcells.models import check_widths, save_for_inference
 from bloodcells.paths import CLASSES, manifest_path, processed_dir, project_root, resolve
 from bloodcells.preprocess import load_split, manifest_hash
 from bloodcells.train import (
@@ -132,7 +132,7 @@ def finish_run(
     }
     out = dirs["out"]
     out.mkdir(parents=True, exist_ok=True)
-    result.model.save(out / "model.keras")
+    save_for_inference(result.model, out / "model.keras")
     np.savez_compressed(
         out / "predictions.npz",
         val_probs=val_probs,

@@ -300,13 +300,24 @@ def branch_backbone(path: Path, family: str, image_size: int) -> keras.Model:
             f"{path} does not exist: run the '{family}' training stage first, or set "
             "'models.hybrid.from_stages' to false to train both branches here."
         )
-    model = keras.saving.load_model(path, safe_mode=True)
+    model = keras.saving.load_model(path, safe_mode=True, compile=False)
     if model.input_shape[1] != image_size:
         raise ModelConfigError(
             f"{path} was trained at {model.input_shape[1]} px but 'models.hybrid.image_size' "
             f"is {image_size}; use the same size for the hybrid and both branches."
         )
     return model.get_layer(HYBRID_BRANCHES[family])
+
+
+def save_for_inference(model: keras.Model, path: Path) -> None:
+    """Save ``model``'s architecture and weights, without its optimizer or compile state.
+
+    The saved family models are for prediction, the comparison and the hybrid's branches;
+    an interrupted training resumes from its own backup, not from them. Adam's two moment
+    estimates per weight would make the file three times as large, and DVC hashes and
+    copies every byte of it into its cache.
+    """
+    keras.Model(model.inputs, model.outputs, name=model.name).save(path)
 
 
 def build_hybrid(

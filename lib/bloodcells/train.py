@@ -289,7 +289,8 @@ def fit_resumable(
     run lasts: rerunning after an interruption resumes from the last finished epoch, with
     the best-so-far checkpoint and the dvclive log in ``live_dir`` resumed with it. Both
     live outside DVC's outputs, which DVC deletes before rerunning a stage. Returns
-    (the model with its best weights, history, seconds).
+    (the model with its best weights, history, seconds): the model in memory when the last
+    epoch was the best, else the one loaded from ``best.keras``.
     """
     import keras
     from dvclive import Live
@@ -310,9 +311,12 @@ def fit_resumable(
             checkpoint.best = float(pick)
         # dvclive resumes at step 0 when only one step was logged; continue after the last.
         live.step = len(earlier)
+    # checkpoint.best after each epoch of this call, to tell whether the last one was saved
+    bests = [checkpoint.best]
     cbs = [
         keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
         checkpoint,
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bests.append(checkpoint.best)),
         DVCLiveCallback(live=live),
         *(callbacks or []),
     ]
@@ -327,7 +331,11 @@ def fit_resumable(
         verbose=verbose,
     )
     seconds = time.perf_counter() - t0
-    model = keras.saving.load_model(best, safe_mode=True)
+    if len(bests) < 2 or bests[-1] == bests[-2]:
+        # The best epoch is an earlier one (or none ran in this call): load it. When the last
+        # epoch was the best, the model in memory is what best.keras holds; loading it again
+        # would rebuild the architecture (seconds for the big backbones) for nothing.
+        model = keras.saving.load_model(best, safe_mode=True)
     return model, read_history(live_dir), seconds
 
 
