@@ -41,12 +41,21 @@ def arrays(project):
         ({"conv_widths": [16, 0]}, r"'models\.cnn\.conv_widths' must be a non-empty list"),
         ({"conv_widths": [8] * 6}, r"'models\.cnn\.conv_widths' has 6 blocks.*at least 64"),
         ({"label_smoothing": 1.0}, r"'models\.cnn\.label_smoothing' must be in \[0, 1\)"),
+        ({"graph_optimizer": "no"}, r"'train\.graph_optimizer' \(or 'models\.cnn\.graph_o"),
     ],
 )
 def test_bad_settings_name_the_key(smoke_params, change, message):
     opt = change.pop("optimizer", None)
     with pytest.raises(ModelConfigError, match=message):
         train.family_config(smoke_params, "cnn", opt, **change)
+
+
+@pytest.mark.parametrize("on", [False, True])
+def test_graph_optimizer_follows_the_config(smoke_params, on):
+    import tensorflow as tf
+
+    train.configure_tensorflow(train.family_config(smoke_params, "cnn", graph_optimizer=on))
+    assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"] is not on
 
 
 def test_conv_widths_belong_to_the_cnn_only(smoke_params):

@@ -65,17 +65,17 @@ def bench_family(
     from bloodcells.experiment import load_splits
     from bloodcells.train import (
         compiled_classifier,
+        configure_tensorflow,
         distribution_strategy,
         family_config,
         make_dataset,
         predict_proba,
-        set_seeds,
     )
 
     cfg = family_config(params, key, deterministic=False)
     data = load_splits(cfg.image_size, root)
     (x_tr, y_tr), (x_val, _) = data["train"], data["val"]
-    set_seeds(cfg.seed, False)
+    configure_tensorflow(cfg)
     batch = cfg.batch_size * distribution_strategy().num_replicas_in_sync
     with distribution_strategy().scope():
         model = compiled_classifier(cfg, cfg.epochs * -(-len(x_tr) // batch))

@@ -164,11 +164,11 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
     from bloodcells.experiment import finish_run, load_splits, run_dirs
     from bloodcells.paths import project_root
     from bloodcells.train import (
+        configure_tensorflow,
         distribution_strategy,
         family_config,
         fit_resumable,
         make_optimizer,
-        set_seeds,
         train_model,
     )
 
@@ -180,7 +180,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
     dirs = run_dirs(KEY, KEY, cfg, root)
 
     # Stage one: encoder + projection head, supervised contrastive loss.
-    set_seeds(cfg.seed, cfg.deterministic)
+    configure_tensorflow(cfg)
     steps = cfg.epochs * (len(x_tr) // cfg.batch_size)
     # Under a mirrored strategy each replica contrasts its own share of the batch.
     with distribution_strategy().scope():
