@@ -133,15 +133,6 @@ def family_config(params: dict, key: str, optimizer: str | None = None, **overri
     return TrainConfig(**values).validate(f"models.{key}")
 
 
-def set_seeds(seed: int, deterministic: bool) -> None:
-    import keras
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
 def configure_tensorflow(cfg: TrainConfig) -> None:
     """Seeds, op determinism and TensorFlow's graph optimizer as ``cfg`` says, before a run.
 
@@ -149,9 +140,12 @@ def configure_tensorflow(cfg: TrainConfig) -> None:
     and the first one slower: for DenseNet-201 on the 70 images of the smoke profile it
     costs 9 s of a 61 s run. The smoke profile turns it off; every other profile keeps it.
     """
+    import keras
     import tensorflow as tf
 
-    set_seeds(cfg.seed, cfg.deterministic)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
     off = not cfg.graph_optimizer
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": off})
 
