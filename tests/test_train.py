@@ -42,6 +42,7 @@ def arrays(project):
         ({"conv_widths": [8] * 6}, r"'models\.cnn\.conv_widths' has 6 blocks.*at least 64"),
         ({"label_smoothing": 1.0}, r"'models\.cnn\.label_smoothing' must be in \[0, 1\)"),
         ({"graph_optimizer": "no"}, r"'train\.graph_optimizer' \(or 'models\.cnn\.graph_o"),
+        ({"run_eagerly": 1}, r"'train\.run_eagerly' \(or 'models\.cnn\.run_eagerly'\)"),
     ],
 )
 def test_bad_settings_name_the_key(smoke_params, change, message):
@@ -56,6 +57,30 @@ def test_graph_optimizer_follows_the_config(smoke_params, on):
 
     train.configure_tensorflow(train.family_config(smoke_params, "cnn", graph_optimizer=on))
     assert tf.config.optimizer.get_experimental_options()["disable_meta_optimizer"] is not on
+
+
+@pytest.mark.parametrize("eager", [False, True])
+def test_run_eagerly_follows_the_config(smoke_params, eager):
+    import tensorflow as tf
+
+    modes = []
+
+    class Probe(keras.layers.Layer):
+        def call(self, x):
+            modes.append(tf.executing_eagerly())
+            return x
+
+    inputs = keras.Input((32, 32, 3))
+    hidden = Probe()(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(8, activation="softmax")(hidden))
+    cfg = train.family_config(smoke_params, "cnn", run_eagerly=eager)
+    model = train.compiled_classifier(cfg, total_steps=10, model=model)
+    assert model.run_eagerly is eager
+    modes.clear()
+    x = np.zeros((4, 32, 32, 3), dtype=np.float32)
+    model.fit(x, np.eye(8, dtype=np.float32)[:4], batch_size=2, epochs=1, verbose=0)
+    # Eager: the layer runs once per step; otherwise it is traced into a graph.
+    assert modes and all(mode is eager for mode in modes)
 
 
 def test_conv_widths_belong_to_the_cnn_only(smoke_params):

@@ -189,6 +189,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
         projector.compile(
             optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, steps),
             loss=SupConLoss(float(entry["temperature"])),
+            run_eagerly=cfg.run_eagerly,
         )
     projector, pre_history, pre_seconds = fit_resumable(
         projector,

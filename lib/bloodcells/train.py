@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 42
     deterministic: bool = True
     graph_optimizer: bool = True
+    run_eagerly: bool = False
     extra: dict = field(default_factory=dict)
 
     def validate(self, key: str = "models") -> TrainConfig:
@@ -86,7 +87,7 @@ class TrainConfig:
                     f"{self.family} has a fixed architecture. Remove the key."
                 )
             check_widths(self.conv_widths, self.image_size, f"{key}.conv_widths")
-        for flag in ("deterministic", "graph_optimizer", "augment"):
+        for flag in ("deterministic", "graph_optimizer", "run_eagerly", "augment"):
             if not isinstance(getattr(self, flag), bool):
                 raise ModelConfigError(
                     f"Params key 'train.{flag}' (or '{key}.{flag}') must be true or false; "
@@ -358,7 +359,8 @@ def compiled_classifier(cfg: TrainConfig, total_steps: int, n_classes: int = 8, 
     """``model`` (built from ``cfg`` when None) compiled as every family trains: the
     configured optimizer with its schedule over ``total_steps``, cross-entropy with
     label smoothing, accuracy; its optimizer and metric variables already created
-    (:func:`build_state`)."""
+    (:func:`build_state`). ``cfg.run_eagerly`` skips tracing the train and test steps
+    into graphs: slower steps, no tracing (the smoke profile's few steps)."""
     import keras
 
     from bloodcells.models import build_model
@@ -378,6 +380,7 @@ def compiled_classifier(cfg: TrainConfig, total_steps: int, n_classes: int = 8, 
         optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, total_steps),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
+        run_eagerly=cfg.run_eagerly,
     )
     build_state(model, n_classes)
     return model
