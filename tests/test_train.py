@@ -143,7 +143,8 @@ def test_smote_sees_only_training_images(smoke_params, arrays, project, monkeypa
 
 def test_train_step_is_traced_once(smoke_params, arrays, tmp_path, monkeypatch):
     # Optimizer and metric variables exist before fit, so TensorFlow traces the train step
-    # once (each trace of a big backbone costs seconds).
+    # once (each trace of a big backbone costs seconds). Graph mode: the smoke profile
+    # itself runs eagerly.
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
     traces = []
@@ -155,7 +156,7 @@ def test_train_step_is_traced_once(smoke_params, arrays, tmp_path, monkeypatch):
 
     monkeypatch.setattr(TensorFlowTrainer, "train_step", counted)
     (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
-    cfg = train.family_config(smoke_params, "cnn", epochs=2, deterministic=False)
+    cfg = train.family_config(smoke_params, "cnn", epochs=2, deterministic=False, run_eagerly=False)
     result = train.train_model(cfg, x_tr, y_tr, x_val, y_val, tmp_path / "w", tmp_path / "l", 8)
     assert len(traces) == 1
     assert len(result.history) == 2 and np.isfinite(result.history["loss"]).all()
