@@ -140,6 +140,7 @@ def configure_tensorflow(cfg: TrainConfig) -> None:
     The graph optimizer (grappler: op fusion, constant folding, ...) makes every step faster
     and the first one slower: for DenseNet-201 on the 70 images of the smoke profile it
     costs 9 s of a 61 s run. The smoke profile turns it off; every other profile keeps it.
+    With ``cfg.run_eagerly`` (the smoke profile) there are few graphs left for it to work on.
     """
     import keras
     import tensorflow as tf
@@ -147,8 +148,9 @@ def configure_tensorflow(cfg: TrainConfig) -> None:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    off = not cfg.graph_optimizer
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": off})
+    tf.config.optimizer.set_experimental_options(
+        {"disable_meta_optimizer": not cfg.graph_optimizer}
+    )
 
 
 @functools.cache
