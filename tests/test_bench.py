@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
+
 from bloodcells import bench
 from bloodcells.config import load_params
 from bloodcells.timing import record_stage_time
@@ -50,3 +52,53 @@ def test_bench_without_a_previous_run(tmp_path):
         "peak_rss_mib": None,
     }
     assert bench.recorded_runs(tmp_path) == []
+
+
+def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
+    from bloodcells import estimate
+
+    params = load_params(ROOT / "params.yaml", profile="smoke")
+    runs = estimate.plan(params, n_train=700, n_val=170)
+    cnn = params["models"]["cnn"]
+    assert sum(r.what.startswith("CV fold") for r in runs) == cnn["cv_folds"]
+    assert sum(r.what.startswith("shuffling") for r in runs) == 2 * len(cnn["shuffling_seeds"])
+    assert [r.what for r in runs if r.key == "resnet50"] == ["resnet50 (sgd)", "resnet50 (rmsprop)"]
+    assert {r.stage for r in runs} == {
+        "cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2",
+        "inceptionv3", "xception", "hybrid", "supcon",
+    }  # fmt: skip
+    calls = []
+
+    def fake(params, run):  # 100 images/s training, 400 inference, for every model
+        calls.append(run.what)
+        return {"train": 100.0, "inference": 400.0}
+
+    monkeypatch.setattr(estimate, "calibrate", fake)
+    monkeypatch.setattr(estimate, "split_sizes", lambda params, root: (700, 170, 380))
+    out = estimate.estimate(params, tmp_path, tmp_path / "cache.json")
+    expected = sum(r.epochs * (r.views * r.train / 100 + r.val / 400) for r in runs)
+    assert out["total_seconds"] == pytest.approx(expected)
+    assert len(calls) < len(runs)  # configurations shared between runs are calibrated once
+    calls.clear()
+    again = estimate.estimate(params, tmp_path, tmp_path / "cache.json")
+    assert calls == [] and again["total_seconds"] == pytest.approx(expected)  # from the cache
+    text = estimate.report(out)
+    assert f"{expected / 60:7.1f} min" in text and "profile 'smoke'" in text
+
+
+def test_calibration_trains_the_real_model(tmp_path):
+    from bloodcells import estimate
+
+    params = load_params(ROOT / "params.yaml", profile="smoke")
+    run = estimate.Run("cnn", "cnn", "cnn", (("image_size", 32),), 1, 64, 16)
+    speed = estimate.calibrate(params, run, steps=2, warmup=1)
+    assert speed["train"] > 0 and speed["inference"] > speed["train"] / 10
+
+
+def test_split_sizes_from_the_manifest(tmp_path, built, sample_dir):
+    from bloodcells import estimate
+
+    root = mini_project(tmp_path, built[0], sample_dir)
+    counts = built[0]["split"].value_counts()
+    params = load_params(ROOT / "params.yaml", profile="smoke")
+    assert estimate.split_sizes(params, root) == (counts["train"], counts["val"], counts["test"])

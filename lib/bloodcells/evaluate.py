@@ -133,13 +133,24 @@ def git_output(*args: str) -> str:
         return "unknown"
 
 
+#: CPU flags that decide how fast oneDNN trains (lscpu / /proc/cpuinfo names).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16")
+
+
 def hardware() -> dict:
+    """The machine a number was measured on: CPU model, its vector extensions, the cores
+    this process may use (``taskset``), oneDNN's ISA cap if set, and any GPUs."""
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        info = dict(
+            line.split(":", 1)
+            for line in Path("/proc/cpuinfo").read_text().splitlines()[:40]
+            if ":" in line
+        )
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        cpu = info.get("model name", cpu)
+        flags = set(info.get("flags", "").split())
     except OSError:
         pass
     gpus = []
@@ -149,7 +160,32 @@ def hardware() -> dict:
         gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     except Exception:  # noqa: BLE001 - hardware description must never fail a run
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "platform": platform.platform()}
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "gpus": gpus,
+        "platform": platform.platform(),
+    }
+
+
+def describe_machine(hw: dict) -> str:
+    """One line naming the machine as every timing must: CPU, cores, vector extensions,
+    oneDNN cap, GPUs."""
+    isa = hw.get("isa") or []
+    top = "AMX" if "amx_bf16" in isa else "AVX-512" if "avx512f" in isa else "AVX2"
+    if "avx2" not in isa and top == "AVX2":
+        top = "no AVX2"
+    cap = hw.get("onednn_max_cpu_isa")
+    line = f"{hw['cpu']}, {hw['cores']} cores, {top}"
+    if cap:
+        line += f" (oneDNN capped to {cap})"
+    return line + f", GPUs: {', '.join(hw.get('gpus') or []) or 'none'}"
 
 
 def provenance(params: dict, data_hash: str) -> dict:

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells.evaluate import git_output, hardware
+from bloodcells.evaluate import describe_machine, git_output, hardware
 from bloodcells.paths import project_root, reports_dir
 
 CSS = """
@@ -104,7 +104,7 @@ def build_index(root: Path | None = None) -> Path:
         "git commit": git_output("rev-parse", "HEAD"),
         "profile": summary["profile"] if summary else "unknown",
         "data hash (manifest sha256)": summary["data_hash"] if summary else "unknown",
-        "hardware": f"{hw['cpu']}, {hw['cores']} cores, GPUs: {', '.join(hw['gpus']) or 'none'}",
+        "hardware": describe_machine(hw),
     }
     parts.append("<h2>Provenance</h2><table>")
     parts += [f"<tr><td>{k}</td><td>{html.escape(str(v))}</td></tr>" for k, v in meta.items()]

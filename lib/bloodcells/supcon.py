@@ -21,8 +21,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from bloodcells.inputs import two_view_dataset
 from bloodcells.models import Preprocess, build_backbone, get_family
-from bloodcells.train import augment_batch
 
 
 @keras.saving.register_keras_serializable(package="bloodcells")
@@ -106,39 +106,6 @@ def classifier_on(encoder: keras.Model, n_classes: int, trainable: bool, dropout
     return keras.Model(encoder.input, outputs, name="supcon_classifier")
 
 
-def jitter(x: np.ndarray, rng: np.random.Generator, strength: float = 0.2) -> np.ndarray:
-    """Random brightness and contrast per image, in uint8."""
-    f = x.astype(np.float32)
-    mean = f.mean(axis=(1, 2, 3), keepdims=True)
-    contrast = rng.uniform(1 - strength, 1 + strength, (len(x), 1, 1, 1))
-    brightness = rng.uniform(-strength, strength, (len(x), 1, 1, 1)) * 255 * 0.5
-    return np.clip((f - mean) * contrast + mean + brightness, 0, 255).astype(np.uint8)
-
-
-def two_view_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
-    """Batches of 2B images: two independent augmentations of B training images."""
-    import tensorflow as tf
-
-    n, size = len(x), x.shape[1]
-    epoch = [0]
-
-    def batches():
-        rng = np.random.default_rng([seed, epoch[0]])
-        epoch[0] += 1
-        order = rng.permutation(n)
-        for start in range(0, n - batch_size + 1, batch_size):  # full batches only
-            idx = np.sort(order[start : start + batch_size])
-            xb = np.asarray(x[idx])
-            views = [jitter(augment_batch(xb, rng), rng) for _ in range(2)]
-            yield np.concatenate(views), np.concatenate([y[idx], y[idx]])
-
-    spec = (
-        tf.TensorSpec((None, size, size, 3), tf.uint8),
-        tf.TensorSpec((None,), tf.int64),
-    )
-    return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(2)
-
-
 def embed(encoder: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Encoder features of uint8 images, batch by batch."""
     return np.concatenate(
@@ -164,6 +131,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
     from bloodcells.experiment import finish_run, load_splits, run_dirs
     from bloodcells.paths import project_root
     from bloodcells.train import (
+        completed_epochs,
         configure_tensorflow,
         distribution_strategy,
         family_config,
@@ -191,9 +159,10 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
             loss=SupConLoss(float(entry["temperature"])),
             run_eagerly=cfg.run_eagerly,
         )
+    pre_done = completed_epochs(dirs["work"] / "pretrain")
     projector, pre_history, pre_seconds = fit_resumable(
         projector,
-        two_view_dataset(x_tr, y_tr, cfg.batch_size, cfg.seed),
+        two_view_dataset(x_tr, y_tr, cfg.batch_size, cfg.seed, cfg.epochs, pre_done),
         two_view_dataset(x_val, y_val, cfg.batch_size, cfg.seed + 1),
         cfg.epochs,
         dirs["work"] / "pretrain",
@@ -201,6 +170,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
         monitor="val_loss",
         mode="min",
         verbose=verbose,
+        steps=len(x_tr) // cfg.batch_size,
     )
     with distribution_strategy().scope():
         encoder = keras.Model(projector.input, projector.get_layer("gap").output, name="encoder")

@@ -1,10 +1,11 @@
 """The one training code path for every family.
 
-Input is streamed from the cached uint8 arrays (memory-mapped) through ``tf.data``;
-augmentation (random flips and 90-degree rotations, which leave a single-cell image a valid
-single-cell image) and oversampling touch the training split only. Each run keeps the best
-validation epoch as ``best.keras``, backs up every epoch so an interrupted run resumes
-where it stopped, and logs per-epoch curves with dvclive.
+Input comes from the cached uint8 arrays, held in memory, through ``tf.data``
+(:mod:`bloodcells.inputs`); augmentation (random flips and 90-degree rotations, which leave a
+single-cell image a valid single-cell image) and oversampling touch the training split only.
+Each run keeps the best validation epoch as ``best.keras``, backs up every epoch so an
+interrupted run resumes where it stopped, with the batches it would have had, and logs
+per-epoch curves with dvclive.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bloodcells.inputs import make_dataset, steps_per_epoch
 from bloodcells.models import (
     ModelConfigError,
     check_size,
@@ -171,53 +173,6 @@ def distribution_strategy(devices: tuple[str, ...] | None = None):
     return tf.distribute.MirroredStrategy(list(devices))
 
 
-def augment_batch(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random dihedral transform (flips and 90-degree turns) of each image in a batch."""
-    out = np.empty_like(x)
-    ks = rng.integers(0, 4, len(x))
-    flips = rng.random(len(x)) < 0.5
-    for i in range(len(x)):
-        img = np.rot90(x[i], ks[i])
-        out[i] = img[:, ::-1] if flips[i] else img
-    return out
-
-
-def make_dataset(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    shuffle: bool,
-    augment: bool = False,
-    seed: int = 0,
-    n_classes: int = 8,
-):
-    """A ``tf.data`` pipeline streaming batches from (memory-mapped) uint8 arrays.
-
-    Labels come out one-hot (float32), which label smoothing needs.
-    """
-    import tensorflow as tf
-
-    n, size = len(x), x.shape[1]
-    eye = np.eye(n_classes, dtype=np.float32)
-    epoch = [0]
-
-    def batches():
-        rng = np.random.default_rng([seed, epoch[0]])
-        epoch[0] += 1
-        order = rng.permutation(n) if shuffle else np.arange(n)
-        for start in range(0, n, batch_size):
-            idx = np.sort(order[start : start + batch_size])  # sorted reads from the memmap
-            xb = np.asarray(x[idx])
-            yield (augment_batch(xb, rng) if augment else xb), eye[y[idx]]
-
-    spec = (
-        tf.TensorSpec((None, size, size, 3), tf.uint8),
-        tf.TensorSpec((None, n_classes), tf.float32),
-    )
-    ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 def smote_oversample(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """SMOTE in pixel space on the training images only; returns uint8 images and labels.
 
@@ -288,6 +243,29 @@ class TrainResult:
     train_size: int
 
 
+def time_left(epochs: int, label: str = ""):
+    """A Keras callback that prints, after each epoch, the epochs done and the time left
+    for this model at the pace of this call's epochs (a resumed run counts from where it
+    resumed)."""
+    import keras
+
+    state: dict = {}
+
+    def begin(logs=None):
+        state.update(t0=time.perf_counter(), first=None)
+
+    def end(epoch, logs=None):
+        state["first"] = epoch if state["first"] is None else state["first"]
+        pace = (time.perf_counter() - state["t0"]) / (epoch + 1 - state["first"])
+        print(
+            f"{label}epoch {epoch + 1}/{epochs} done, {pace / 60:.1f} min/epoch, "
+            f"about {(epochs - epoch - 1) * pace / 60:.1f} min left for this model",
+            flush=True,
+        )
+
+    return keras.callbacks.LambdaCallback(on_train_begin=begin, on_epoch_end=end)
+
+
 def fit_resumable(
     model,
     train_ds,
@@ -300,8 +278,13 @@ def fit_resumable(
     class_weight: dict | None = None,
     callbacks: list | None = None,
     verbose: int = 2,
+    steps: int | None = None,
 ):
     """``model.fit`` that keeps the best epoch and resumes after an interruption.
+
+    ``steps`` is the number of batches per epoch when ``train_ds`` holds every epoch back
+    to back (:func:`bloodcells.inputs.make_dataset`); build it from
+    :func:`completed_epochs` so a resumed run continues with the batches it would have had.
 
     ``work_dir`` holds ``best.keras`` and ``backup/`` (Keras's BackupAndRestore) while the
     run lasts: rerunning after an interruption resumes from the last finished epoch, with
@@ -336,6 +319,7 @@ def fit_resumable(
         checkpoint,
         keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bests.append(checkpoint.best)),
         DVCLiveCallback(live=live),
+        *([time_left(epochs, f"[{Path(live_dir).name}] ")] if verbose else []),
         *(callbacks or []),
     ]
     t0 = time.perf_counter()
@@ -343,6 +327,7 @@ def fit_resumable(
         train_ds,
         validation_data=val_ds,
         epochs=epochs,
+        steps_per_epoch=steps,
         class_weight=class_weight,
         callbacks=cbs,
         shuffle=False,  # the input pipeline shuffles, with its own seed
@@ -355,6 +340,17 @@ def fit_resumable(
         # would rebuild the architecture (seconds for the big backbones) for nothing.
         model = keras.saving.load_model(best, safe_mode=True)
     return model, read_history(live_dir), seconds
+
+
+def completed_epochs(work_dir: Path) -> int:
+    """Epochs an interrupted run in ``work_dir`` finished (Keras's BackupAndRestore
+    record); 0 for a fresh run."""
+    import json
+
+    record = Path(work_dir) / "backup" / "training_metadata.json"
+    if not record.is_file():
+        return 0
+    return int(json.loads(record.read_text()).get("epoch", 0))
 
 
 def compiled_classifier(cfg: TrainConfig, total_steps: int, n_classes: int = 8, model=None):
@@ -436,9 +432,19 @@ def train_model(
     batch_size = cfg.batch_size * strategy.num_replicas_in_sync
     with strategy.scope():
         model = compiled_classifier(
-            cfg, cfg.epochs * -(-len(x_train) // batch_size), n_classes, model
+            cfg, cfg.epochs * steps_per_epoch(len(x_train), batch_size), n_classes, model
         )
-    train_ds = make_dataset(x_train, y_train, batch_size, True, cfg.augment, cfg.seed, n_classes)
+    train_ds = make_dataset(
+        x_train,
+        y_train,
+        batch_size,
+        True,
+        cfg.augment,
+        cfg.seed,
+        n_classes,
+        epochs=cfg.epochs,
+        first_epoch=completed_epochs(work_dir),
+    )
     val_ds = make_dataset(x_val, y_val, max(batch_size, 128), False, n_classes=n_classes)
     model, history, seconds = fit_resumable(
         model,
@@ -450,6 +456,7 @@ def train_model(
         class_weight=class_weight,
         callbacks=callbacks,
         verbose=verbose,
+        steps=steps_per_epoch(len(x_train), batch_size),
     )
     return TrainResult(
         model=model,

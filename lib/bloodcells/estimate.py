@@ -1,0 +1,235 @@
+"""``python -m bloodcells.estimate``: how long the study will take on this machine.
+
+``make repro`` runs it before ``dvc repro``. It lists every training run the active profile
+asks for (each family and optimizer, the CNN's cross-validation folds and shuffling runs,
+the hybrid's two phases, SupCon's pre-training, probe and control), calibrates each model
+configuration on this machine with a few real training and inference steps of
+``model.fit`` on random images of the right size (the speed of a convolution does not depend
+on the pixels, so no data is needed yet), and multiplies out. Calibrations are cached in
+``.cache/estimate.json`` by machine and model configuration, so a second run costs
+seconds. It is an estimate: tracing, evaluation and the comparison stage add a few
+percent, and a shared or throttled host is slower.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bloodcells.config import load_params
+from bloodcells.evaluate import describe_machine, hardware
+from bloodcells.paths import manifest_path, project_root
+
+#: images the published dataset keeps after cleaning (README, Data): train / val / test
+FULL_SPLIT = (9_560, 2_391, 5_123)
+
+
+@dataclass(frozen=True)
+class Run:
+    """``epochs`` passes over ``train`` images (and ``val`` validation images) of one model."""
+
+    stage: str
+    what: str
+    key: str  # params.yaml models entry
+    overrides: tuple  # (name, value) pairs over the entry: image_size, conv_widths
+    epochs: int
+    train: int
+    val: int
+    views: int = 1  # SupCon trains on two views of each image
+
+
+def split_sizes(params: dict, root: Path | None = None) -> tuple[int, int, int]:
+    """Training, validation and test images: from the manifest when preprocessing has run,
+    else the published dataset's (full data) or a count of the sample's files."""
+    import pandas as pd
+
+    manifest = manifest_path(root)
+    if manifest.is_file():
+        counts = pd.read_csv(manifest)["split"].value_counts()
+        return int(counts.get("train", 0)), int(counts.get("val", 0)), int(counts.get("test", 0))
+    if params["data"].get("expect_complete", True):
+        return FULL_SPLIT
+    folder = Path(params["data"]["sources"][0].get("path", "."))
+    folder = folder if folder.is_absolute() else (root or project_root()) / folder
+    n = sum(1 for p in folder.rglob("*") if p.is_file())
+    test = round(n * params["preprocess"]["test_size"])
+    val = round((n - test) * params["preprocess"]["val_size"])
+    return n - test - val, val, test
+
+
+def plan(params: dict, n_train: int, n_val: int) -> list[Run]:
+    """Every training run of the active profile, in DAG order."""
+    models = params["models"]
+    runs = []
+    for key in ("cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2"):
+        runs += _family_runs(models, key, n_train, n_val)
+    cnn = models["cnn"]
+    part = n_train + n_val
+    if cnn.get("cv_folds"):
+        k = int(cnn["cv_folds"])
+        # SMOTE oversamples every class to the largest (about 1.7x the training folds here)
+        grow = 1.7 if cnn.get("cv_balance") == "smote" else 1.0
+        over = (("image_size", cnn["cv_image_size"]), ("conv_widths", cnn.get("cv_conv_widths")))
+        for fold in range(k):
+            train = round(part * (k - 1) / k * grow)
+            runs.append(Run("cnn", f"CV fold {fold + 1}", "cnn", over, cnn["cv_epochs"], train, 0))
+    seeds = cnn.get("shuffling_seeds") or []
+    over = (
+        ("image_size", cnn.get("shuffling_image_size")),
+        ("conv_widths", cnn.get("shuffling_conv_widths")),
+    )
+    for seed in seeds:
+        for order in ("class-sorted", "shuffled"):
+            runs.append(
+                Run(
+                    "cnn",
+                    f"shuffling {order} seed {seed}",
+                    "cnn",
+                    over,
+                    cnn["shuffling_epochs"],
+                    round(part * 0.8),
+                    round(part * 0.2),
+                )
+            )
+    for key in ("inceptionv3", "xception"):
+        runs += _family_runs(models, key, n_train, n_val)
+    hybrid = models["hybrid"]
+    epochs = int(hybrid["epochs"]) + int(hybrid.get("frozen_epochs", 0))
+    runs.append(Run("hybrid", "joint + frozen phases", "hybrid", (), epochs, n_train, n_val))
+    sup = models["supcon"]
+    runs.append(
+        Run("supcon", "contrastive pre-training", "supcon", (), sup["epochs"], n_train, n_val, 2)
+    )
+    runs.append(
+        Run("supcon", "classifier probe", "supcon", (), sup["classifier_epochs"], n_train, n_val)
+    )
+    runs.append(Run("supcon", "cross-entropy control", "supcon", (), sup["epochs"], n_train, n_val))
+    return runs
+
+
+def _family_runs(models: dict, key: str, n_train: int, n_val: int) -> list[Run]:
+    entry = models[key]
+    return [
+        Run(key, f"{key} ({opt})", key, (), int(entry["epochs"]), n_train, n_val)
+        for opt in entry.get("optimizers") or ["adam"]
+    ]
+
+
+def calibrate(params: dict, run: Run, steps: int = 4, warmup: int = 2) -> dict:
+    """Training and inference images/s of ``run``'s model on random images, here."""
+    import numpy as np
+
+    from bloodcells.bench import _timed_fit
+    from bloodcells.inputs import make_dataset
+    from bloodcells.train import (
+        compiled_classifier,
+        configure_tensorflow,
+        family_config,
+        predict_proba,
+    )
+
+    overrides = {k: v for k, v in run.overrides if v is not None}
+    cfg = family_config(params, run.key, deterministic=False, **overrides)
+    configure_tensorflow(cfg)
+    batch = cfg.batch_size
+    rng = np.random.default_rng(0)
+    n = batch * (steps + warmup)
+    x = rng.integers(0, 256, (n, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    y = np.arange(n) % 8
+    model = compiled_classifier(cfg, 1000)
+    ds = make_dataset(x, y, batch, True, cfg.augment, cfg.seed).repeat()
+    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
+    seconds, _ = _timed_fit(model, ds, steps)
+    predict_proba(model, x[:batch])
+    _, infer = predict_proba(model, x)
+    return {"train": steps * batch / seconds, "inference": infer}
+
+
+def _calibration_key(params: dict, run: Run) -> str:
+    from bloodcells.train import family_config
+
+    overrides = {k: v for k, v in run.overrides if v is not None}
+    cfg = family_config(params, run.key, **overrides)
+    text = json.dumps(
+        [
+            describe_machine(hardware()),
+            cfg.family,
+            cfg.image_size,
+            cfg.conv_widths,
+            cfg.dense_units,
+            cfg.batch_size,
+            cfg.optimizer,
+        ],
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def estimate(params: dict, root: Path | None = None, cache: Path | None = None) -> dict:
+    """Seconds per training run and in all, from calibrations on this machine."""
+    root = root or project_root()
+    cache = cache or root / ".cache" / "estimate.json"
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    n_train, n_val, _ = split_sizes(params, root)
+    rows = []
+    for run in plan(params, n_train, n_val):
+        key = _calibration_key(params, run)
+        if key not in known:
+            known[key] = calibrate(params, run)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(known, indent=1))
+        speed = known[key]
+        seconds = run.epochs * (
+            run.views * run.train / speed["train"] + run.val / speed["inference"]
+        )
+        rows.append(
+            {
+                "stage": run.stage,
+                "what": run.what,
+                "epochs": run.epochs,
+                "train_images_per_second": round(speed["train"], 1),
+                "seconds": seconds,
+            }
+        )
+    return {
+        "machine": describe_machine(hardware()),
+        "profile": params.get("profile"),
+        "train_images": n_train,
+        "runs": rows,
+        "total_seconds": sum(r["seconds"] for r in rows),
+    }
+
+
+def report(out: dict) -> str:
+    """The estimate as a table, one line per stage."""
+    stages: dict[str, float] = {}
+    for r in out["runs"]:
+        stages[r["stage"]] = stages.get(r["stage"], 0.0) + r["seconds"]
+    lines = [
+        f"Estimated training time, profile '{out['profile']}', {out['train_images']:,} "
+        f"training images, on {out['machine']}:",
+    ]
+    lines += [f"  {stage:<12} {seconds / 60:7.1f} min" for stage, seconds in stages.items()]
+    total = out["total_seconds"]
+    lines.append(f"  {'all':<12} {total / 60:7.1f} min  (~{total / 3600:.1f} h, training only)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", help="override params.yaml's profile")
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    out = estimate(load_params(profile=args.profile))
+    print(report(out))
+    print(f"  (calibrated in {time.perf_counter() - t0:.0f} s; cached in .cache/estimate.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The input pipeline: batches of uint8 images for training and evaluation, as TensorFlow ops.
+
+The cached arrays are copied into memory once (the largest split the default profile
+trains on, 96 px, is 264 MB; 224 px is 1.4 GB) and every batch is cut from them inside
+``tf.data`` with a gather: no Python generator, no per-image NumPy work, no memory-map
+page faults on the training path. Augmentation (a random element of the dihedral group:
+flips and 90-degree turns, which leave a single-cell image a valid single-cell image) is
+three gathers per batch.
+
+The order of the training images and the augmentation of each are functions of
+``(seed, epoch)`` alone (stateless random ops), so a run resumed at epoch *k* sees exactly
+the batches an uninterrupted run saw from epoch *k* on. The training dataset holds every
+remaining epoch's batches and declares its length, so Keras keeps one iterator across
+epochs (pass ``steps_per_epoch``) and never runs out of data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in one pass over ``n`` images (the last one may be short)."""
+    return -(-n // batch_size)
+
+
+def dihedral_batch(x, flips):
+    """Apply one element of the dihedral group to each square image of ``x``.
+
+    ``flips`` is a (batch, 3) boolean tensor: transpose, then mirror left-right, then
+    mirror top-bottom. The 8 combinations are the 8 distinct dihedral transforms, so three
+    fair coins give each with probability 1/8.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(x)[0]
+
+    def pick(i, transformed, image):
+        # a gather from [image; transformed]: 4x faster than a broadcast tf.where on uint8
+        take = tf.range(batch) + batch * tf.cast(flips[:, i], tf.int32)
+        return tf.gather(tf.concat([image, transformed], 0), take)
+
+    x = pick(0, tf.transpose(x, [0, 2, 1, 3]), x)
+    x = pick(1, tf.reverse(x, [2]), x)
+    return pick(2, tf.reverse(x, [1]), x)
+
+
+def epoch_permutation(n: int, seed: int, epoch):
+    """The order of ``n`` training images in ``epoch``: a stateless function of both."""
+    import tensorflow as tf
+
+    keys = tf.random.stateless_uniform([n], seed=tf.stack([seed, tf.cast(epoch, tf.int32)]))
+    return tf.argsort(keys, stable=True)
+
+
+def epoch_coins(n: int, k: int, seed: int, epoch):
+    """(n, k) uniform [0, 1) numbers for ``epoch``, by the image's position in it: the
+    augmentation's randomness, from a stream independent of the order's."""
+    import tensorflow as tf
+
+    salt = tf.constant(0x5EED, tf.int32)
+    return tf.random.stateless_uniform([n, k], seed=tf.stack([seed + salt, epoch]))
+
+
+def jitter_batch(x, coins, strength: float = 0.2):
+    """Random contrast and brightness per uint8 image; ``coins`` is (batch, 2) in [0, 1)."""
+    import tensorflow as tf
+
+    f = tf.cast(x, tf.float32)
+    mean = tf.reduce_mean(f, axis=[1, 2, 3], keepdims=True)
+    contrast = (1 - strength + 2 * strength * coins[:, 0])[:, None, None, None]
+    brightness = ((2 * coins[:, 1] - 1) * strength * 127.5)[:, None, None, None]
+    return tf.cast(tf.clip_by_value((f - mean) * contrast + mean + brightness, 0, 255), tf.uint8)
+
+
+def epoch_batches(
+    n: int,
+    batch_size: int,
+    seed: int,
+    epochs: int,
+    first_epoch: int = 0,
+    coins: int = 3,
+    drop_remainder: bool = False,
+):
+    """``tf.data`` of (image indices, coins) per batch for epochs ``first_epoch .. epochs-1``,
+    each epoch a fresh stateless permutation, with its length declared."""
+    import tensorflow as tf
+
+    def one_epoch(epoch):
+        epoch = tf.cast(epoch, tf.int32)
+        order = epoch_permutation(n, seed, epoch)
+        slices = (order, epoch_coins(n, coins, seed, epoch))
+        return tf.data.Dataset.from_tensor_slices(slices).batch(batch_size, drop_remainder)
+
+    last = max(epochs, first_epoch + 1)
+    per_epoch = n // batch_size if drop_remainder else steps_per_epoch(n, batch_size)
+    if per_epoch < 1:
+        raise ValueError(f"{n} images make no full batch of {batch_size}.")
+    ds = tf.data.Dataset.range(first_epoch, last).flat_map(one_epoch)
+    # flat_map hides the length; declared, Keras knows every epoch's steps
+    return ds.apply(tf.data.experimental.assert_cardinality((last - first_epoch) * per_epoch))
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    augment: bool = False,
+    seed: int = 0,
+    n_classes: int = 8,
+    epochs: int = 1,
+    first_epoch: int = 0,
+):
+    """``tf.data`` batches of (uint8 images, one-hot float32 labels) from in-memory arrays.
+
+    With ``shuffle`` the dataset holds epochs ``first_epoch .. epochs - 1`` back to back,
+    each a fresh permutation (and fresh augmentation when ``augment``); pass
+    ``steps_per_epoch(len(x), batch_size)`` to ``fit``. Without it, one pass in order
+    (validation, test, benchmarks). Labels come out one-hot, which label smoothing needs.
+    """
+    import tensorflow as tf
+
+    n = len(x)
+    if n == 0:
+        raise ValueError("make_dataset: no images (an empty split?).")
+    images = tf.constant(np.asarray(x))  # one copy in memory; the memmap is read once
+    labels = tf.one_hot(tf.constant(np.asarray(y), tf.int32), n_classes)
+
+    if not shuffle:
+
+        def in_order(step):
+            start = tf.cast(step, tf.int32) * batch_size
+            stop = tf.minimum(start + batch_size, n)
+            return images[start:stop], labels[start:stop]
+
+        return tf.data.Dataset.range(steps_per_epoch(n, batch_size)).map(in_order).prefetch(2)
+
+    def gather(idx, coins):
+        xb = tf.gather(images, idx)
+        return (dihedral_batch(xb, coins < 0.5) if augment else xb), tf.gather(labels, idx)
+
+    ds = epoch_batches(n, batch_size, seed, epochs, first_epoch)
+    return ds.map(gather, num_parallel_calls=2).prefetch(2)
+
+
+def two_view_dataset(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epochs: int = 1, first_epoch: int = 0
+):
+    """SupCon's batches: 2B images, two independent augmentations (dihedral + contrast and
+    brightness) of B training images, and their integer labels; full batches only."""
+    import tensorflow as tf
+
+    images = tf.constant(np.asarray(x))
+    labels = tf.constant(np.asarray(y), tf.int64)
+
+    def views(idx, coins):
+        xb = tf.gather(images, idx)
+        one = jitter_batch(dihedral_batch(xb, coins[:, 0:3] < 0.5), coins[:, 3:5])
+        two = jitter_batch(dihedral_batch(xb, coins[:, 5:8] < 0.5), coins[:, 8:10])
+        yb = tf.gather(labels, idx)
+        return tf.concat([one, two], 0), tf.concat([yb, yb], 0)
+
+    ds = epoch_batches(len(x), batch_size, seed, epochs, first_epoch, 10, drop_remainder=True)
+    return ds.map(views, num_parallel_calls=2).prefetch(2)

@@ -1,0 +1,123 @@
+"""The input pipeline on the sample's real 32 px images: order, augmentation, resume, length."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from bloodcells import experiment, inputs
+from tests.conftest import mini_project
+
+
+@pytest.fixture(scope="module")
+def train_split(tmp_path_factory, built, sample_dir):
+    root = mini_project(tmp_path_factory.mktemp("inputs"), built[0], sample_dir)
+    x, y = experiment.load_splits(32, root)["train"]
+    return np.asarray(x), np.asarray(y)
+
+
+def numpy_dihedral(img: np.ndarray, transpose: bool, mirror: bool, flip: bool) -> np.ndarray:
+    img = img.transpose(1, 0, 2) if transpose else img
+    img = img[:, ::-1] if mirror else img
+    return img[::-1] if flip else img
+
+
+def fingerprint(img: np.ndarray) -> bytes:
+    """The same for every dihedral view of an image: its pixel values, sorted."""
+    return np.sort(img, axis=None).tobytes()
+
+
+def batches(ds) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.asarray(xb), np.asarray(yb)) for xb, yb in ds]
+
+
+def test_dihedral_batch_gives_the_eight_distinct_transforms(train_split):
+    import tensorflow as tf
+
+    img = train_split[0][0]
+    coins = np.array([[(v >> b) & 1 for b in range(3)] for v in range(8)], dtype=bool)
+    out = np.asarray(inputs.dihedral_batch(tf.constant(np.stack([img] * 8)), tf.constant(coins)))
+    for view, flags in enumerate(coins):
+        np.testing.assert_array_equal(out[view], numpy_dihedral(img, *flags))
+    assert len({o.tobytes() for o in out}) == 8  # a real cell image has no symmetry
+
+
+def test_each_epoch_is_a_fresh_permutation_of_every_image(train_split):
+    x, y = train_split
+    ds = inputs.make_dataset(x, y, 32, shuffle=True, augment=True, seed=7, epochs=2)
+    steps = inputs.steps_per_epoch(len(x), 32)
+    assert int(ds.cardinality()) == 2 * steps
+    got = batches(ds)
+    assert [len(b[0]) for b in got[:steps]] == [32] * (steps - 1) + [len(x) - 32 * (steps - 1)]
+    expected = sorted(fingerprint(img) for img in x)
+    orders = []
+    for epoch in (got[:steps], got[steps:]):
+        images = np.concatenate([b[0] for b in epoch])
+        labels = np.concatenate([b[1] for b in epoch]).argmax(1)
+        assert sorted(fingerprint(img) for img in images) == expected  # augmentation moves pixels
+        # every image once, with its own label
+        by_print = {fingerprint(img): label for img, label in zip(x, y, strict=True)}
+        assert [by_print[fingerprint(img)] for img in images] == list(labels)
+        orders.append([fingerprint(img) for img in images])
+        assert not np.array_equal(images, x)  # shuffled and augmented
+    assert orders[0] != orders[1]
+
+
+def test_same_seed_same_batches_other_seed_others(train_split):
+    x, y = train_split
+    one = batches(inputs.make_dataset(x, y, 16, True, True, seed=3))
+    two = batches(inputs.make_dataset(x, y, 16, True, True, seed=3))
+    other = batches(inputs.make_dataset(x, y, 16, True, True, seed=4))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(one, two, strict=True))
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(one, other, strict=True))
+
+
+def test_a_resumed_dataset_continues_with_the_same_batches(train_split):
+    x, y = train_split
+    whole = batches(inputs.make_dataset(x, y, 16, True, True, seed=5, epochs=3))
+    resumed = batches(inputs.make_dataset(x, y, 16, True, True, seed=5, epochs=3, first_epoch=1))
+    steps = inputs.steps_per_epoch(len(x), 16)
+    assert len(resumed) == 2 * steps
+    for a, b in zip(whole[steps:], resumed, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_evaluation_batches_are_in_order_and_complete(train_split):
+    x, y = train_split
+    got = batches(inputs.make_dataset(x, y, 32, shuffle=False))
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in got]), x)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in got]).argmax(1), y)
+
+
+def test_fit_never_runs_out_of_data(train_split):
+    x, y = train_split
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten()]
+    )
+    model.add(keras.layers.Dense(8, activation="softmax"))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    ds = inputs.make_dataset(x, y, 16, True, True, seed=1, epochs=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(
+            ds, epochs=3, steps_per_epoch=inputs.steps_per_epoch(len(x), 16), verbose=0
+        )
+    assert len(history.history["loss"]) == 3
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
+def test_two_views_are_two_augmentations_of_the_same_images(train_split):
+    x, y = train_split
+    ds = inputs.two_view_dataset(x, y, 8, seed=2, epochs=1)
+    got = batches(ds)
+    assert len(got) == len(x) // 8  # full batches only
+    xb, yb = got[0]
+    assert xb.shape == (16, 32, 32, 3) and xb.dtype == np.uint8
+    np.testing.assert_array_equal(yb[:8], yb[8:])
+    assert not np.array_equal(xb[:8], xb[8:])  # two independent views
+    labels = np.concatenate([b[1][:8] for b in got])  # each image at most once per epoch
+    assert (np.bincount(labels, minlength=8) <= np.bincount(y, minlength=8)).all()
