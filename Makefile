@@ -6,10 +6,10 @@ STAMP := $(VENV)/.setup-done
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser repro test lint format smoke lab bench lock clean-notebooks
+.PHONY: help setup browser repro estimate test lint format smoke lab bench bench-avx2 lock clean-notebooks
 
 help: ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,12 @@ browser: ## Debian's chromium + chromium-driver for the browser test (installs w
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-repro: setup ## run the whole study under params.yaml's profile (default: cpu)
+repro: setup ## estimate the time on this machine, then run the whole study (default: cpu profile)
+	@if [ "$(ESTIMATE)" != "0" ]; then $(BIN)/python -m bloodcells.estimate; fi
 	$(BIN)/dvc repro
+
+estimate: setup ## how long `make repro` will train on this machine (calibrates, cached)
+	$(BIN)/python -m bloodcells.estimate
 
 lint: setup ## ruff check, ruff format --check, notebooks committed clean
 	$(BIN)/ruff check .
@@ -47,6 +51,9 @@ smoke: setup ## only the end-to-end smoke run of the DAG on the sample
 
 bench: setup ## speed and memory: preprocessing, every family's training/inference, stage times (after dvc repro preprocess)
 	$(BIN)/python -m bloodcells.bench
+
+bench-avx2: setup ## make bench as on the reference machine: oneDNN capped to AVX2, 2 cores
+	ONEDNN_MAX_CPU_ISA=AVX2 taskset -c 0,1 $(BIN)/python -m bloodcells.bench
 
 lab: setup ## JupyterLab on localhost (token on); saves strip outputs
 	$(BIN)/jupyter lab --config=jupyter_server_config.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 
@@ -30,6 +31,9 @@ def test_bench_measures_and_collects(tmp_path, built, sample_dir):
     assert fam["key"] == "cnn" and fam["image_size"] == 32 and fam["batch_size"] == 32
     assert fam["train_images_per_second"] > 0 and fam["inference_images_per_second"] > 0
     assert fam["parameter_count"] > 1000
+    # the pipeline costs something, and far less than the step it feeds
+    assert 0 < fam["input_cpu_share"] < 0.5 and 0 <= fam["kernel_cpu_share"] < 1
+    assert fam["in_memory_images_per_second"] > 0
     st = out["stage_times"]
     assert st["total_seconds"] == 80.0 and {s["stage"] for s in st["stages"]} == {
         "02_cnn",
@@ -39,7 +43,8 @@ def test_bench_measures_and_collects(tmp_path, built, sample_dir):
     saved = json.loads((root / "reports/bench.json").read_text())
     assert saved["families"][0]["train_images_per_second"] == fam["train_images_per_second"]
     md = (root / "reports/bench.md").read_text()
-    assert "| cnn | 32 | 32 |" in md
+    assert "| cnn | 32 | 32 |" in md and bench.describe_machine(out["machine"]) in md
+    assert out["machine"]["isa"] == bench.hardware()["isa"]
     assert "**all stages** | **1.3 min**" in md
     assert f"{fam['parameter_count']:,}" in md
 
@@ -102,3 +107,19 @@ def test_split_sizes_from_the_manifest(tmp_path, built, sample_dir):
     counts = built[0]["split"].value_counts()
     params = load_params(ROOT / "params.yaml", profile="smoke")
     assert estimate.split_sizes(params, root) == (counts["train"], counts["val"], counts["test"])
+
+
+def test_the_machine_is_named_with_its_vector_extensions_and_cap(monkeypatch):
+    from bloodcells.evaluate import describe_machine, hardware
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    hw = hardware()
+    assert hw["onednn_max_cpu_isa"] == "AVX2" and hw["cores"] >= 1
+    flags = Path("/proc/cpuinfo").read_text()
+    assert ("avx2" in hw["isa"]) == (" avx2" in flags)
+    base = {"cpu": "X", "cores": 2, "gpus": [], "onednn_max_cpu_isa": None}
+    assert describe_machine({**base, "isa": ["avx2", "fma"]}) == "X, 2 cores, AVX2, GPUs: none"
+    assert describe_machine({**base, "isa": ["avx2", "avx512f"]}).startswith("X, 2 cores, AVX-512")
+    capped = describe_machine({**base, "isa": ["avx2", "avx512f", "amx_bf16"],
+                               "onednn_max_cpu_isa": "AVX2"})  # fmt: skip
+    assert capped == "X, 2 cores, AMX (oneDNN capped to AVX2), GPUs: none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import keras
@@ -131,4 +132,12 @@ def test_model_card(exported):
     card = export.model_card(meta)
     assert "Not for diagnosis" in card and "one laboratory" in card
     assert f"{100 * meta['metrics']['test_accuracy']:.2f}%" in card
-    assert "<table" in export.card_html(card)
+    page = export.card_html(card)
+    assert "`" in card and "|" in card  # the Markdown has code spans and a table ...
+    text = re.sub(r"<[^>]+>", "", page.split("</style>", 1)[1])
+    for syntax in ("`", "**", "| ---", "## "):  # ... which the page shows as HTML, not syntax
+        assert syntax not in text, syntax
+    assert "<code>" in page and page.count("<tr>") == 1 + len(meta["classes"])
+    assert "<th>class</th>" in page and "border-collapse" in page  # styled like index.html
+    # a paragraph wrapped over several source lines is one paragraph
+    assert re.search(r"<p>[^<]*one laboratory[^<]*\nscanner", page)

@@ -124,7 +124,7 @@ def calibrate(params: dict, run: Run, steps: int = 4, warmup: int = 2) -> dict:
     """Training and inference images/s of ``run``'s model on random images, here."""
     import numpy as np
 
-    from bloodcells.bench import _timed_fit
+    from bloodcells.bench import timed_fit
     from bloodcells.inputs import make_dataset
     from bloodcells.train import (
         compiled_classifier,
@@ -144,7 +144,7 @@ def calibrate(params: dict, run: Run, steps: int = 4, warmup: int = 2) -> dict:
     model = compiled_classifier(cfg, 1000)
     ds = make_dataset(x, y, batch, True, cfg.augment, cfg.seed).repeat()
     model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
-    seconds, _ = _timed_fit(model, ds, steps)
+    seconds = timed_fit(model, ds, steps)["seconds"]
     predict_proba(model, x[:batch])
     _, infer = predict_proba(model, x)
     return {"train": steps * batch / seconds, "inference": infer}

@@ -8,7 +8,6 @@ member when loading; :func:`read_metadata` reads it without loading the model.
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import shutil
 import sys
@@ -138,29 +137,17 @@ are the softmax outputs; see notebook 12 for reliability diagrams and temperatur
 
 
 def card_html(markdown_text: str) -> str:
-    """A minimal standalone HTML rendering of the card (headings, lists, tables)."""
-    out, table = [], []
-    for line in markdown_text.splitlines():
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if not set("".join(cells)) <= set("- "):
-                table.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            continue
-        if table:
-            out.append("<table border='1' cellpadding='4'>" + "".join(table) + "</table>")
-            table = []
-        if line.startswith("# "):
-            out.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("## "):
-            out.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("- "):
-            out.append(f"<li>{html.escape(line[2:])}</li>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-    if table:
-        out.append("<table border='1' cellpadding='4'>" + "".join(table) + "</table>")
-    body = "\n".join(out)
-    head = "<head><meta charset='utf-8'><title>Model card</title></head>"
+    """The card as one standalone HTML page, styled like ``reports/index.html``.
+
+    Rendered by markdown-it-py (CommonMark plus tables), so emphasis, code, lists, tables
+    and paragraphs that wrap over several source lines come out as a reader expects.
+    """
+    from markdown_it import MarkdownIt
+
+    from bloodcells.site import CSS
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
+    head = f"<head><meta charset='utf-8'><title>Model card</title><style>{CSS}</style></head>"
     return f"<!DOCTYPE html><html lang='en'>{head}<body>{body}</body></html>"
 
 
