@@ -12,6 +12,10 @@ help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11, 5) <= sys.version_info[:3] < (3, 12))' 2>/dev/null || { \
+	  echo "make setup: the pinned requirements need Python 3.11.5 or a later 3.11; found" \
+	    "'$$($(PYTHON) --version 2>&1)' at '$$(command -v $(PYTHON))'." \
+	    "Install one, or point to it: make setup PYTHON=/path/to/python3.11" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -r requirements.txt
@@ -50,10 +54,10 @@ smoke: setup ## only the end-to-end smoke run of the DAG on the sample
 	$(BIN)/python -m pytest -m e2e -v
 
 bench: setup ## speed and memory: preprocessing, every family's training/inference, stage times (after dvc repro preprocess)
-	$(BIN)/python -m bloodcells.bench
+	$(BIN)/python -m bloodcells.bench $(ARGS)
 
 bench-avx2: setup ## make bench as on the reference machine: oneDNN capped to AVX2, 2 cores
-	ONEDNN_MAX_CPU_ISA=AVX2 taskset -c 0,1 $(BIN)/python -m bloodcells.bench
+	ONEDNN_MAX_CPU_ISA=AVX2 taskset -c 0,1 $(BIN)/python -m bloodcells.bench $(ARGS)
 
 lab: setup ## JupyterLab on localhost (token on); saves strip outputs
 	$(BIN)/jupyter lab --config=jupyter_server_config.py

@@ -121,3 +121,11 @@ def test_two_views_are_two_augmentations_of_the_same_images(train_split):
     assert not np.array_equal(xb[:8], xb[8:])  # two independent views
     labels = np.concatenate([b[1][:8] for b in got])  # each image at most once per epoch
     assert (np.bincount(labels, minlength=8) <= np.bincount(y, minlength=8)).all()
+
+
+def test_a_split_smaller_than_a_batch_still_gives_validation_views(train_split):
+    x, y = train_split[0][:15], train_split[1][:15]
+    with pytest.raises(ValueError, match="15 images make no full batch of 16"):
+        inputs.two_view_dataset(x, y, 16, seed=1)
+    (xb, yb), *rest = batches(inputs.two_view_dataset(x, y, 16, seed=1, full_batches=False))
+    assert not rest and xb.shape[0] == 30 and sorted(yb[:15]) == sorted(y)

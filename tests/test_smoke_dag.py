@@ -1,10 +1,10 @@
-"""End to end: `dvc repro` of the whole DAG under the smoke profile, in a copy of the project."""
+"""End to end: the whole DAG under the smoke profile, in a copy of the project, run by the
+README's own commands (the ``smoke_project`` fixture in conftest.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,40 +29,6 @@ FAMILY_REPORTS = {
 }
 
 pytestmark = pytest.mark.e2e
-
-
-def project_files() -> list[str]:
-    out = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return [f for f in out.splitlines() if (ROOT / f).is_file()]
-
-
-@pytest.fixture(scope="module")
-def smoke_project(tmp_path_factory, sample_dir) -> Path:
-    work = tmp_path_factory.mktemp("smoke") / "project"
-    for rel in project_files():
-        (work / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, work / rel)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    params["profile"] = "smoke"
-    params["profiles"]["smoke"]["data"]["sources"] = [{"path": str(sample_dir)}]
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git = ["git", "-c", "user.name=smoke", "-c", "user.email=smoke@localhost"]
-    subprocess.run([*git, "init", "-q"], cwd=work, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=work, check=True)
-    subprocess.run([*git, "commit", "-qm", "smoke"], cwd=work, check=True)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("BLOODCELLS_ROOT", None)
-    run = subprocess.run(
-        ["dvc", "repro"], cwd=work, env=env, capture_output=True, text=True, timeout=1200
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    return work
 
 
 def test_every_stage_ran_and_left_its_outputs(smoke_project):
@@ -194,6 +160,14 @@ def test_index_page_in_a_real_browser(smoke_project):
             assert target.is_file(), link
             driver.get(link)
             assert browser.console_errors(driver) == [], link
+            if target.name == "model_card.html":  # rendered Markdown, not its syntax
+                text = driver.find_element(By.TAG_NAME, "body").text
+                assert "Not for diagnosis" in text
+                for syntax in ("**", "`", "| ---", "## "):
+                    assert syntax not in text, syntax
+                cells = driver.find_elements(By.CSS_SELECTOR, "table td")
+                assert cells and cells[0].value_of_css_property("border-top-style") == "solid"
+                driver.save_screenshot(str(shots / "smoke_model_card.png"))
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 5 and len(np.unique(pixels)) > 20  # not a blank page
 
@@ -217,48 +191,3 @@ def test_exported_best_model_predicts_from_the_command_line(smoke_project, sampl
     assert run.returncode == 0, run.stderr
     data = json.loads((smoke_project / "predictions.json").read_text())
     assert len(data["predictions"]) == len(list((sample_dir / "platelet").iterdir()))
-
-
-def test_experiment_queue_sweeps_one_family(smoke_project):
-    """`dvc exp run --queue` + `dvc queue start`: a seed sweep of one family reruns that
-    family's stage (and the comparison downstream of it), never the other families."""
-    import time
-
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    env.pop("BLOODCELLS_ROOT", None)
-
-    def dvc(*args: str) -> str:
-        done = subprocess.run(
-            ["dvc", *args], cwd=smoke_project, env=env, capture_output=True, text=True
-        )
-        assert done.returncode == 0, f"dvc {' '.join(args)}: {done.stdout}{done.stderr}"
-        return done.stdout
-
-    dvc("exp", "run", "--queue", "-S", "+models.cnn.seed=7", "--name", "cnn-seed-7")
-    dvc("queue", "start", "--jobs", "1")
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = dvc("queue", "status")
-        if "cnn-seed-7" in status and not any(s in status for s in ("Queued", "Running")):
-            break
-        time.sleep(5)
-    assert "Success" in status, status
-    logs = dvc("queue", "logs", "cnn-seed-7")
-    assert "Running stage 'train@cnn'" in logs
-    assert "Stage 'preprocess' didn't change, skipping" in logs
-    for other in ("unet", "xception", "supcon"):
-        assert f"Running stage 'train@{other}'" not in logs
-        assert f"Running stage '{other}'" not in logs
-    shown = json.loads(dvc("exp", "show", "--json"))
-    exps = [
-        e
-        for commit in shown
-        for e in (commit.get("experiments") or [])
-        if e.get("name") == "cnn-seed-7"
-    ]
-    assert exps, shown
-    data = exps[0]["revs"][0]["data"]
-    assert data["params"]["params.yaml"]["data"]["models"]["cnn"]["seed"] == 7
-    cnn = data["metrics"]["metrics/cnn.json"]["data"]
-    assert 0.0 <= cnn["cnn"]["test_accuracy"] <= 1.0
-    dvc("queue", "stop")

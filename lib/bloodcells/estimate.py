@@ -120,7 +120,7 @@ def _family_runs(models: dict, key: str, n_train: int, n_val: int) -> list[Run]:
     ]
 
 
-def calibrate(params: dict, run: Run, steps: int = 4, warmup: int = 2) -> dict:
+def calibrate(params: dict, run: Run, steps: int = 3, warmup: int = 1) -> dict:
     """Training and inference images/s of ``run``'s model on random images, here."""
     import numpy as np
 

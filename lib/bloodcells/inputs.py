@@ -145,10 +145,18 @@ def make_dataset(
 
 
 def two_view_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epochs: int = 1, first_epoch: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epochs: int = 1,
+    first_epoch: int = 0,
+    full_batches: bool = True,
 ):
     """SupCon's batches: 2B images, two independent augmentations (dihedral + contrast and
-    brightness) of B training images, and their integer labels; full batches only."""
+    brightness) of B images, and their integer labels. Training takes full batches only
+    (``full_batches``); validation keeps the short last one, so a split smaller than one
+    batch is still scored."""
     import tensorflow as tf
 
     images = tf.constant(np.asarray(x))
@@ -161,5 +169,5 @@ def two_view_dataset(
         yb = tf.gather(labels, idx)
         return tf.concat([one, two], 0), tf.concat([yb, yb], 0)
 
-    ds = epoch_batches(len(x), batch_size, seed, epochs, first_epoch, 10, drop_remainder=True)
+    ds = epoch_batches(len(x), batch_size, seed, epochs, first_epoch, 10, full_batches)
     return ds.map(views, num_parallel_calls=2).prefetch(2)

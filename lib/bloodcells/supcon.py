@@ -163,7 +163,7 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
     projector, pre_history, pre_seconds = fit_resumable(
         projector,
         two_view_dataset(x_tr, y_tr, cfg.batch_size, cfg.seed, cfg.epochs, pre_done),
-        two_view_dataset(x_val, y_val, cfg.batch_size, cfg.seed + 1),
+        two_view_dataset(x_val, y_val, cfg.batch_size, cfg.seed + 1, full_batches=False),
         cfg.epochs,
         dirs["work"] / "pretrain",
         dirs["live"] / "pretrain",

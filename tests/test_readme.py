@@ -1,0 +1,80 @@
+"""The README, executed as a newcomer would: every runnable ```bash block, in order, in a
+fresh shell (`env -i` plus HOME and a system PATH) in a fresh copy of the project under the
+smoke profile (the ``readme_run`` fixture in conftest.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.conftest import readme_blocks
+
+pytestmark = pytest.mark.e2e
+
+
+def block(blocks, start: str):
+    return next(b for b in blocks if b.code.startswith(start))
+
+
+def test_every_block_is_run_or_says_why_not(readme_run):
+    _, blocks = readme_run
+    assert len(blocks) >= 7
+    for b in blocks:
+        if b.why_not_run:
+            assert len(b.why_not_run) > 10, b.line
+            continue
+        assert b.returncode == 0, f"README line {b.line}:\n{b.code}\n{b.output[-6000:]}"
+
+
+def test_the_blocks_are_the_ones_a_user_needs():
+    runnable = "".join(b.code for b in readme_blocks() if not b.why_not_run)
+    for command in ("make repro", "bloodcells-predict", "dvc exp run --queue", "dvc push",
+                    "dvc pull", "make bench", "make estimate"):  # fmt: skip
+        assert command in runnable, command
+
+
+def test_repro_prints_the_estimate_first(readme_run):
+    _, blocks = readme_run
+    out = block(blocks, "make repro").output
+    assert "Estimated training time, profile 'smoke'" in out
+    assert out.index("Estimated training time") < out.index("Running stage 'data'")
+    assert "min left for this model" in out  # each training stage shows the time left
+
+
+def test_bench_of_one_family_names_the_machine(readme_run):
+    work, blocks = readme_run
+    assert block(blocks, "make estimate").returncode == 0
+    bench = json.loads((work / "reports/bench.json").read_text())
+    assert [f["key"] for f in bench["families"]] == ["cnn"]
+    assert "cores" in (work / "reports/bench.md").read_text().splitlines()[2]
+
+
+def test_predict_wrote_one_row_per_platelet(readme_run):
+    work, _ = readme_run
+    rows = list(csv.DictReader((work / "predictions.csv").open()))
+    platelets = list((work / "data/raw/PBC_dataset_normal_DIB/platelet").iterdir())
+    assert len(rows) == len(platelets) > 0
+
+
+def test_the_queued_sweep_reran_only_the_cnn(readme_run):
+    _, blocks = readme_run
+    out = block(blocks, "source .venv/bin/activate").output
+    assert "Running stage 'train@cnn'" in out
+    assert "Stage 'preprocess' didn't change, skipping" in out
+    for other in ("unet", "xception"):
+        assert f"Running stage 'train@{other}'" not in out
+    for other in ("hybrid", "supcon"):
+        assert f"Running stage '{other}'" not in out
+    assert "cnn-seed-7" in out  # dvc exp show lists it
+
+
+def test_a_second_checkout_pulls_everything_and_has_nothing_to_rerun(readme_run):
+    work, blocks = readme_run
+    out = block(blocks, "git clone").output
+    assert "Data and pipelines are up to date." in out
+    copy = work.parent / "bloodcells-copy"
+    assert not (copy / ".venv").is_symlink() and (copy / ".venv/bin/python").is_file()
+    for path in ("export/best.keras", "metrics/summary.json", "reports/index.html"):
+        assert (copy / path).read_bytes() == (work / path).read_bytes(), path
