@@ -6,13 +6,17 @@ Measures, on this machine:
   function (:func:`bloodcells.preprocess.cache_arrays`, all cores, into a temporary folder);
 - training and inference images/s of every family at its size in the active profile:
   the family is built and compiled exactly as :func:`bloodcells.train.train_model` does,
-  then timed over ``--steps`` training steps (after warm-up steps) on the real cached
-  training images with augmentation, and over ``--infer`` validation images;
+  then trained with ``model.fit`` for ``--steps`` steps through the training input
+  pipeline (augmentation on) and on in-memory batches, alternately, and timed over
+  ``--infer`` validation images; with it, what the input pipeline costs a step (CPU and
+  wall time) and the kernel's share of CPU time (:func:`pipeline_versus_memory`);
 
 and collects, from the last ``dvc repro``, each stage's wall time and peak resident memory
 (``metrics/stages/*.json``, written by the stage runner) and each trained model's recorded
 training time and throughput (``models/*/*/evaluation.json``). Writes
-``reports/bench.json`` and ``reports/bench.md`` with the machine described.
+``reports/bench.json`` and ``reports/bench.md`` with the machine named: CPU model, vector
+extensions, usable cores and oneDNN's ISA cap (``make bench-avx2`` measures capped to AVX2
+and 2 cores, as the reference machine would).
 """
 
 from __future__ import annotations
