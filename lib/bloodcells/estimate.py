@@ -42,6 +42,13 @@ class Run:
     val: int
     views: int = 1  # SupCon trains on two views of each image
 
+    def config(self, params: dict, **extra):
+        """The TrainConfig this run trains with."""
+        from bloodcells.train import family_config
+
+        overrides = {k: v for k, v in self.overrides if v is not None}
+        return family_config(params, self.key, **overrides, **extra)
+
 
 def split_sizes(params: dict, root: Path | None = None) -> tuple[int, int, int]:
     """Training, validation and test images: from the manifest when preprocessing has run,
@@ -126,15 +133,9 @@ def calibrate(params: dict, run: Run, steps: int = 3, warmup: int = 1) -> dict:
 
     from bloodcells.bench import timed_fit
     from bloodcells.inputs import make_dataset
-    from bloodcells.train import (
-        compiled_classifier,
-        configure_tensorflow,
-        family_config,
-        predict_proba,
-    )
+    from bloodcells.train import compiled_classifier, configure_tensorflow, predict_proba
 
-    overrides = {k: v for k, v in run.overrides if v is not None}
-    cfg = family_config(params, run.key, deterministic=False, **overrides)
+    cfg = run.config(params, deterministic=False)
     configure_tensorflow(cfg)
     batch = cfg.batch_size
     rng = np.random.default_rng(0)
@@ -150,23 +151,13 @@ def calibrate(params: dict, run: Run, steps: int = 3, warmup: int = 1) -> dict:
     return {"train": steps * batch / seconds, "inference": infer}
 
 
-def _calibration_key(params: dict, run: Run) -> str:
-    from bloodcells.train import family_config
-
-    overrides = {k: v for k, v in run.overrides if v is not None}
-    cfg = family_config(params, run.key, **overrides)
+def _calibration_key(params: dict, run: Run, machine: str) -> str:
+    cfg = run.config(params)
     text = json.dumps(
-        [
-            describe_machine(hardware()),
-            cfg.family,
-            cfg.image_size,
-            cfg.conv_widths,
-            cfg.dense_units,
-            cfg.batch_size,
-            cfg.optimizer,
-        ],
+        [machine, cfg.family, cfg.image_size, cfg.conv_widths, cfg.dense_units,
+         cfg.batch_size, cfg.optimizer],
         default=str,
-    )
+    )  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -176,9 +167,10 @@ def estimate(params: dict, root: Path | None = None, cache: Path | None = None) 
     cache = cache or root / ".cache" / "estimate.json"
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     n_train, n_val, _ = split_sizes(params, root)
+    machine = describe_machine(hardware())  # once: it reads /proc/cpuinfo and asks TF
     rows = []
     for run in plan(params, n_train, n_val):
-        key = _calibration_key(params, run)
+        key = _calibration_key(params, run, machine)
         if key not in known:
             known[key] = calibrate(params, run)
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -197,7 +189,7 @@ def estimate(params: dict, root: Path | None = None, cache: Path | None = None) 
             }
         )
     return {
-        "machine": describe_machine(hardware()),
+        "machine": machine,
         "profile": params.get("profile"),
         "train_images": n_train,
         "runs": rows,
