@@ -110,7 +110,7 @@ def test_split_sizes_from_the_manifest(tmp_path, built, sample_dir):
 
 
 def test_the_machine_is_named_with_its_vector_extensions_and_cap(monkeypatch):
-    from bloodcells.evaluate import describe_machine, hardware
+    from bloodcells.timing import describe_machine, hardware
 
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     hw = hardware()

@@ -216,37 +216,40 @@ def test_interrupted_run_resumes_and_finishes(smoke_params, arrays, tmp_path):
     assert not (work / "backup").exists()  # finished: backup cleared
 
 
-def test_metrics_file_has_its_full_schema(smoke_params, project):
-    record = experiment.run_variant(
-        smoke_params, "cnn", root=project, verbose=0, epochs=1, deterministic=False
-    )
+def test_a_run_saves_stable_outputs_and_is_reused(smoke_params, project):
+    record = experiment.run_variant(smoke_params, "cnn", root=project, verbose=0, epochs=1)
     out = project / "models/cnn/cnn"
     assert (out / "model.keras").is_file() and (out / "predictions.npz").is_file()
-    saved = json.loads((out / "evaluation.json").read_text())
-    for key in (
-        "image_size",
-        "epochs",
-        "optimizer",
-        "weights",
-        "train_minutes",
-        "train_images_per_second",
-        "inference_images_per_second",
-        "parameter_count",
-        "best_epoch",
-    ):
+    saved = json.loads((out / "run.json").read_text())
+    for key in ("image_size", "epochs", "optimizer", "weights", "parameter_count", "best_epoch"):
         assert saved[key] is not None, key
-    test = saved["test"]
+    assert saved["data_hash"] == preprocess.manifest_hash(project / "data/interim/manifest.csv")
+    # nothing of the clock or the machine in the run's own files ...
+    assert not {"train_minutes", "provenance", "machine"} & set(saved)
+    # ... they are in the stage's timing file
+    timing = json.loads((project / "metrics/timings/train-cnn.json").read_text())["cnn"]
+    assert timing["train_minutes"] >= 0 and timing["inference_images_per_second"] > 0
+    assert "cpu" in timing["provenance"]["hardware"] and timing["machine"]
+    # the report side: test scores with CIs, and the timing merged back for the tables
+    test = record["test"]
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "ece", "per_class"):
         assert key in test
     assert len(test["confusion_matrix"]) == 8 and set(test["ci95"]) == {"accuracy", "macro_f1"}
-    prov = saved["provenance"]
+    assert record["train_minutes"] == timing["train_minutes"]
     for key in ("git_commit", "params_hash", "data_hash", "libraries", "hardware"):
-        assert key in prov
-    assert prov["data_hash"] == preprocess.manifest_hash(project / "data/interim/manifest.csv")
+        assert key in record["provenance"]
     path = experiment.write_family_metrics("cnn", [record], root=project)
     metrics = json.loads(path.read_text())
-    assert 0 <= metrics["cnn"]["test_accuracy"] <= 1
     assert metrics["cnn"]["test_accuracy"] == round(record["test"]["accuracy"], 4)
+    assert "train_minutes" not in metrics["cnn"]
+    # asked again under the same key: reused, not retrained (the model file is untouched)
+    stamp = (out / "model.keras").stat().st_mtime_ns
+    again = experiment.run_variant(smoke_params, "cnn", root=project, verbose=0, epochs=1)
+    assert (out / "model.keras").stat().st_mtime_ns == stamp
+    assert again["test"]["accuracy"] == record["test"]["accuracy"]
+    # another config is another key: trained anew
+    experiment.run_variant(smoke_params, "cnn", root=project, verbose=0, epochs=2)
+    assert json.loads((out / "run.json").read_text())["epochs"] == 2
 
 
 def test_keras_validation_split_semantics():

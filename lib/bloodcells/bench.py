@@ -12,8 +12,8 @@ Measures, on this machine:
   wall time) and the kernel's share of CPU time (:func:`pipeline_versus_memory`);
 
 and collects, from the last ``dvc repro``, each stage's wall time and peak resident memory
-(``metrics/stages/*.json``, written by the stage runner) and each trained model's recorded
-training time and throughput (``models/*/*/evaluation.json``). Writes
+(the ``stage`` entries of ``metrics/timings/*.json``) and each trained model's recorded
+training time and throughput (``metrics/timings/train-*.json``). Writes
 ``reports/bench.json`` and ``reports/bench.md`` with the machine named: CPU model, vector
 extensions, usable cores and oneDNN's ISA cap (``make bench-avx2`` measures capped to AVX2
 and 2 cores, as the reference machine would).
@@ -31,9 +31,9 @@ from pathlib import Path
 
 from bloodcells.compare import FAMILY_ORDER
 from bloodcells.config import load_params
-from bloodcells.evaluate import describe_machine, hardware
 from bloodcells.paths import manifest_path, project_root, raw_dataset_dir, reports_dir, resolve
 from bloodcells.preprocess import cache_arrays, read_manifest
+from bloodcells.timing import TIMINGS, describe_machine, hardware, read_timings
 
 #: params.yaml model entries that are a family of their own (SupCon reuses one as encoder).
 BENCH_KEYS = tuple(key for key in FAMILY_ORDER if key != "supcon")
@@ -168,8 +168,12 @@ def bench_family(
 
 def stage_times(root: Path | None = None) -> dict:
     """Wall time and peak memory of each stage of the last ``dvc repro`` (stage runner)."""
-    folder = resolve("metrics/stages", root)
-    stages = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    folder = resolve(TIMINGS, root)
+    stages = [
+        body["stage"]
+        for body in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))
+        if "stage" in body
+    ]
     stages.sort(key=lambda r: r.get("finished", ""))
     total = sum(r["seconds"] for r in stages)
     peak = max(stages, key=lambda r: r["peak_rss_mib"]) if stages else None
@@ -182,19 +186,21 @@ def stage_times(root: Path | None = None) -> dict:
 
 
 def recorded_runs(root: Path | None = None) -> list[dict]:
-    """Compute and result of every trained model, as its evaluation record has them."""
+    """Compute and validation result of every trained model, as its training stage
+    recorded them (``models/*/*/run.json`` and ``metrics/timings/train-*.json``)."""
     rows = []
-    for ev in sorted(resolve("models", root).glob("*/*/evaluation.json")):
-        r = json.loads(ev.read_text())
+    for path in sorted(resolve("models", root).glob("*/*/run.json")):
+        r = json.loads(path.read_text())
+        t = read_timings(f"train-{r['key']}", root).get(r["variant"], {})
         rows.append(
             {
                 "variant": r["variant"],
                 "image_size": r["image_size"],
                 "epochs": r["epochs"],
-                "train_minutes": r.get("train_minutes"),
-                "train_images_per_second": r.get("train_images_per_second"),
-                "inference_images_per_second": r.get("inference_images_per_second"),
-                "test_accuracy": r["test"]["accuracy"],
+                "train_minutes": t.get("train_minutes"),
+                "train_images_per_second": t.get("train_images_per_second"),
+                "inference_images_per_second": t.get("inference_images_per_second"),
+                "val_accuracy": r["val_accuracy"],
             }
         )
     return rows
@@ -251,14 +257,14 @@ def markdown(out: dict) -> str:
         lines += ["", "## Trained models of the last `dvc repro` (as recorded)", ""]
         lines += [
             "| run | size (px) | epochs | train min | train images/s | inference images/s "
-            "| test acc. |",
+            "| val acc. |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in out["runs"]:
             lines.append(
                 f"| {r['variant']} | {r['image_size']} | {r['epochs']} | "
                 f"{_fmt(r['train_minutes'])} | {_fmt(r['train_images_per_second'])} | "
-                f"{_fmt(r['inference_images_per_second'])} | {100 * r['test_accuracy']:.2f}% |"
+                f"{_fmt(r['inference_images_per_second'])} | {100 * r['val_accuracy']:.2f}% |"
             )
     st = out.get("stage_times") or {}
     if st.get("stages"):

@@ -28,16 +28,16 @@ FAMILY_ORDER = (
 )
 
 
-def load_runs(root: Path | None = None) -> list[dict]:
-    """Every finished run under ``models/``: its evaluation record and its predictions."""
+def load_runs(params: dict, root: Path | None = None) -> list[dict]:
+    """Every finished run under ``models/``, scored on the test split
+    (:func:`bloodcells.experiment.evaluate_run`), with its predictions."""
+    from bloodcells.experiment import evaluate_run
+
     root = root or project_root()
     runs = []
     for key in FAMILY_ORDER:
-        for ev in sorted(resolve(Path("models") / key, root).glob("*/evaluation.json")):
-            record = json.loads(ev.read_text())
-            preds = np.load(ev.parent / "predictions.npz")
-            record["predictions"] = {k: preds[k] for k in preds.files}
-            runs.append(record)
+        for path in sorted(resolve(Path("models") / key, root).glob("*/run.json")):
+            runs.append(evaluate_run(params, json.loads(path.read_text()), root))
     if not runs:
         raise FileNotFoundError(
             f"No trained models under {resolve('models', root)}: run the training stages first."
@@ -141,7 +141,8 @@ def selected(runs: list[dict]) -> dict:
 
 
 def summary(runs: list[dict], tests: pd.DataFrame, champion: dict | None = None) -> dict:
-    """The headline numbers the index page shows (written to ``metrics/summary.json``).
+    """The headline numbers the index page shows (written to ``metrics/summary.json``);
+    no timings, so the file's hash is stable.
 
     The best model is the one chosen on validation, never on the test split.
     """
@@ -158,6 +159,7 @@ def summary(runs: list[dict], tests: pd.DataFrame, champion: dict | None = None)
         "models": [
             {
                 "model": r["variant"],
+                "key": r["key"],
                 "test_accuracy": r["test"]["accuracy"],
                 "ci95": r["test"]["ci95"]["accuracy"],
                 "macro_f1": r["test"]["macro_f1"],
@@ -166,7 +168,6 @@ def summary(runs: list[dict], tests: pd.DataFrame, champion: dict | None = None)
                 "image_size": r["image_size"],
                 "epochs": r["epochs"],
                 "weights": r["weights"],
-                "train_minutes": r["train_minutes"],
             }
             for r in ranked
         ],
@@ -176,8 +177,8 @@ def summary(runs: list[dict], tests: pd.DataFrame, champion: dict | None = None)
         "profile": best["provenance"]["profile"],
         "data_hash": best["provenance"]["data_hash"],
     }
-    if champion is not None:
-        out["champion"] = champion
+    if champion is not None:  # its speed is a timing: metrics/timings/12_comparison.json
+        out["champion"] = {k: v for k, v in champion.items() if k != "inference_images_per_second"}
     return out
 
 

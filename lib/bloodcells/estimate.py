@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bloodcells.config import load_params
-from bloodcells.evaluate import describe_machine, hardware
 from bloodcells.paths import manifest_path, project_root
+from bloodcells.timing import describe_machine, hardware
 
 #: images the published dataset keeps after cleaning (README, Data): train / val / test
 FULL_SPLIT = (9_560, 2_391, 5_123)

@@ -4,17 +4,10 @@
 study reports for a model: accuracy, balanced accuracy, macro and weighted
 precision/recall/F1, a per-class table, the confusion matrix (counts and row-normalised),
 bootstrap 95% confidence intervals for accuracy and macro-F1, and the expected calibration
-error. :func:`write_metrics` adds provenance and writes JSON.
+error. :func:`provenance` says where a number came from.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import platform
-import subprocess
-from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import (
@@ -26,8 +19,7 @@ from sklearn.metrics import (
 
 from bloodcells.config import params_hash
 from bloodcells.paths import CLASSES
-
-LIBRARIES = ("tensorflow", "keras", "scikit-learn", "imbalanced-learn", "numpy", "pillow", "dvc")
+from bloodcells.timing import run_provenance
 
 
 def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 15) -> float:
@@ -124,94 +116,11 @@ def evaluate(
     return out
 
 
-def git_output(*args: str) -> str:
-    try:
-        return subprocess.run(
-            ["git", *args], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-#: CPU flags that decide how fast oneDNN trains (lscpu / /proc/cpuinfo names).
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16")
-
-
-def hardware() -> dict:
-    """The machine a number was measured on: CPU model, its vector extensions, the cores
-    this process may use (``taskset``), oneDNN's ISA cap if set, and any GPUs."""
-    cpu = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        info = dict(
-            line.split(":", 1)
-            for line in Path("/proc/cpuinfo").read_text().splitlines()[:40]
-            if ":" in line
-        )
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        cpu = info.get("model name", cpu)
-        flags = set(info.get("flags", "").split())
-    except OSError:
-        pass
-    gpus = []
-    try:
-        import tensorflow as tf
-
-        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    except Exception:  # noqa: BLE001 - hardware description must never fail a run
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count()
-    return {
-        "cpu": cpu,
-        "cores": cores,
-        "isa": [f for f in ISA_FLAGS if f in flags],
-        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-        "gpus": gpus,
-        "platform": platform.platform(),
-    }
-
-
-def describe_machine(hw: dict) -> str:
-    """One line naming the machine as every timing must: CPU, cores, vector extensions,
-    oneDNN cap, GPUs."""
-    isa = hw.get("isa") or []
-    top = "AMX" if "amx_bf16" in isa else "AVX-512" if "avx512f" in isa else "AVX2"
-    if "avx2" not in isa and top == "AVX2":
-        top = "no AVX2"
-    cap = hw.get("onednn_max_cpu_isa")
-    line = f"{hw['cpu']}, {hw['cores']} cores, {top}"
-    if cap:
-        line += f" (oneDNN capped to {cap})"
-    return line + f", GPUs: {', '.join(hw.get('gpus') or []) or 'none'}"
-
-
 def provenance(params: dict, data_hash: str) -> dict:
     """Where a number came from: code, params, data, libraries and machine."""
-    versions = {}
-    for lib in LIBRARIES:
-        try:
-            versions[lib] = metadata.version(lib)
-        except metadata.PackageNotFoundError:
-            versions[lib] = None
     return {
-        "git_commit": git_output("rev-parse", "HEAD"),
-        "git_dirty": bool(git_output("status", "--porcelain", "--untracked-files=no")),
         "params_hash": params_hash(params),
         "profile": params.get("profile"),
         "data_hash": data_hash,
-        "python": platform.python_version(),
-        "libraries": versions,
-        "hardware": hardware(),
+        **run_provenance(),
     }
-
-
-def write_metrics(path: Path, metrics: dict) -> Path:
-    """Write a metrics JSON atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path

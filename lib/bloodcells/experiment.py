@@ -11,15 +11,32 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from bloodcells.evaluate import evaluate, provenance, write_metrics
+from bloodcells.evaluate import evaluate, provenance
 from bloodcells.models import check_widths, save_for_inference
-from bloodcells.paths import CLASSES, manifest_path, processed_dir, project_root, resolve
+from bloodcells.paths import (
+    CLASSES,
+    manifest_path,
+    processed_dir,
+    project_root,
+    resolve,
+    write_json,
+)
 from bloodcells.preprocess import load_split, manifest_hash
+from bloodcells.timing import (
+    describe_machine,
+    hardware,
+    read_timings,
+    record_stage_time,
+    record_timing,
+    run_provenance,
+)
 from bloodcells.train import (
     TrainConfig,
     TrainResult,
@@ -50,42 +67,97 @@ def load_splits(size: int, root: Path | None = None) -> dict[str, tuple[np.ndarr
     return {s: load_split(folder, s) for s in ("train", "val", "test")}
 
 
-def config_hash(cfg: TrainConfig) -> str:
-    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+#: The modules whose code shapes a trained model (and the arrays it trains on).
+TRAINING_CODE = (
+    "experiment.py",
+    "hybrid.py",
+    "inputs.py",
+    "models.py",
+    "preprocess.py",
+    "supcon.py",
+    "train.py",
+)
 
 
-def run_dirs(key: str, variant: str, cfg: TrainConfig, root: Path) -> dict[str, Path]:
+def code_hash() -> str:
+    """A hash of the training path's source (:data:`TRAINING_CODE`)."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in TRAINING_CODE:
+        digest.update(name.encode() + b"\0" + (here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def training_key(cfg: TrainConfig, root: Path, **extra) -> str:
+    """What a trained model is a function of: its config, the data (the manifest's hash;
+    the arrays follow from it, the image size and the code), the training code, and
+    ``extra`` (a study's fold or order, a hybrid's branch models). Resuming and reusing a
+    run both require the same key, so a changed split, dataset or code never resumes or
+    reuses a run trained on something else."""
+    blob = {
+        "config": asdict(cfg),
+        "data": manifest_hash(manifest_path(root)),
+        "code": code_hash(),
+        "extra": extra,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_dirs(key: str, variant: str, tkey: str, root: Path) -> dict[str, Path]:
     return {
         "out": resolve(Path("models") / key / variant, root),
         "live": resolve(Path("dvclive") / key / variant, root),
-        # Outside DVC's outputs so an interrupted run can resume; keyed by the config so a
-        # changed config never resumes a stale run.
-        "work": resolve(Path(".cache/runs") / key / f"{variant}-{config_hash(cfg)}", root),
+        # Outside DVC's outputs so an interrupted run can resume; keyed by everything that
+        # shapes the run, so a changed config, split or code never resumes a stale one.
+        "work": resolve(Path(".cache/runs") / key / f"{variant}-{tkey}", root),
     }
 
 
-def run_variant(
-    params: dict,
+def record_run_timing(key: str, name: str, info: dict, root: Path) -> None:
+    """One run's minutes and images/s, with the machine and code that ran it, in
+    ``metrics/timings/train-<key>.json`` (apart from the run's stable outputs)."""
+    machine = {"machine": describe_machine(hardware()), "provenance": run_provenance()}
+    record_timing(f"train-{key}", name, {**info, **machine}, root)
+
+
+def keyed(path: Path, tkey: str, compute) -> dict:
+    """The JSON result at ``path`` when it was made under training key ``tkey``; else
+    ``compute()``, written there (with the key, last, atomically) and returned. One
+    mechanism for every trained thing: a stage that reruns for a report-only reason, or a
+    notebook opened in JupyterLab after ``dvc repro``, reuses what was trained."""
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("training_key") == tkey:
+            return stored
+    result = {**compute(), "training_key": tkey}
+    write_json(path, result)
+    return result
+
+
+def ensure_run(
     key: str,
-    variant: str | None = None,
-    optimizer: str | None = None,
-    root: Path | None = None,
+    variant: str,
+    cfg: TrainConfig,
+    train,
+    root: Path,
     verbose: int = 2,
-    **overrides,
+    **extra_key,
 ) -> dict:
-    """Train, select on validation, evaluate once on test; write and return the record."""
-    root = root or project_root()
-    cfg = family_config(params, key, optimizer, **overrides)
-    variant = variant or key
-    dirs = run_dirs(key, variant, cfg, root)
-    data = load_splits(cfg.image_size, root)
-    (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
-    result = train_model(cfg, x_tr, y_tr, x_val, y_val, dirs["work"], dirs["live"], verbose=verbose)
-    return finish_run(params, key, variant, cfg, result, data, dirs, root)
+    """The run ``models/<key>/<variant>/``, trained by ``train(dirs, data)`` unless it
+    exists under the same training key (then no array is even opened). ``data`` is every
+    split at ``cfg.image_size``; ``train`` returns (TrainResult, extra record fields)."""
+    tkey = training_key(cfg, root, **extra_key)
+    dirs = run_dirs(key, variant, tkey, root)
+
+    def compute() -> dict:
+        data = load_splits(cfg.image_size, root)
+        result, extra = train(dirs, data)
+        return save_run(key, variant, cfg, result, data, dirs, root, extra)
+
+    return keyed(dirs["out"] / "run.json", tkey, compute)
 
 
-def finish_run(
-    params: dict,
+def save_run(
     key: str,
     variant: str,
     cfg: TrainConfig,
@@ -95,14 +167,35 @@ def finish_run(
     root: Path,
     extra: dict | None = None,
 ) -> dict:
-    """Score a selected model on the test split (once), save it, write its evaluation."""
+    """Predict the validation and test splits with the selected model and save the model,
+    its predictions and its training record. The test predictions are saved, not looked
+    at: scoring them is :func:`evaluate_run`'s, once, for the report."""
     (x_val, y_val), (x_te, y_te) = data["val"], data["test"]
     val_probs, _ = predict_proba(result.model, x_val)
-    test_probs, infer_ips = predict_proba(result.model, x_te)  # the one look at the test split
-    ev_params = params["evaluate"]
-    test = evaluate(y_te, test_probs, CLASSES, ev_params["n_bootstrap"], ev_params["ece_bins"])
+    test_probs, infer_ips = predict_proba(result.model, x_te)
     history = result.history
-    record = {
+    out = dirs["out"]
+    out.mkdir(parents=True, exist_ok=True)
+    save_for_inference(result.model, out / "model.keras")
+    np.savez_compressed(
+        out / "predictions.npz",
+        val_probs=val_probs,
+        val_y=y_val,
+        test_probs=test_probs,
+        test_y=y_te,
+    )
+    record_run_timing(
+        key,
+        variant,
+        {
+            "train_minutes": round(result.seconds / 60, 2),
+            "train_images_per_second": round(result.images_per_second, 1),
+            "inference_images_per_second": round(infer_ips, 1),
+        },
+        root,
+    )
+    shutil.rmtree(dirs["work"], ignore_errors=True)  # finished: nothing left to resume
+    return {
         "family": cfg.family,
         "key": key,
         "variant": variant,
@@ -121,41 +214,54 @@ def finish_run(
         "train_accuracy_last": float(history["accuracy"].iloc[-1])
         if "accuracy" in history
         else None,
-        "train_minutes": round(result.seconds / 60, 2),
-        "train_images_per_second": round(result.images_per_second, 1),
-        "inference_images_per_second": round(infer_ips, 1),
         "parameter_count": int(result.model.count_params()),
         "val_accuracy": float((val_probs.argmax(axis=1) == y_val).mean()),
-        "test": test,
+        "history": history.reset_index().to_dict("list"),
         **(extra or {}),
-        "provenance": provenance(params, manifest_hash(manifest_path(root))),
+        "data_hash": manifest_hash(manifest_path(root)),
     }
-    out = dirs["out"]
-    out.mkdir(parents=True, exist_ok=True)
-    save_for_inference(result.model, out / "model.keras")
-    np.savez_compressed(
-        out / "predictions.npz",
-        val_probs=val_probs,
-        val_y=y_val,
-        test_probs=test_probs,
-        test_y=y_te,
+
+
+def load_predictions(key: str, variant: str, root: Path | None = None) -> dict[str, np.ndarray]:
+    preds = np.load(resolve(Path("models") / key / variant / "predictions.npz", root))
+    return {k: preds[k] for k in preds.files}
+
+
+def evaluate_run(params: dict, run: dict, root: Path | None = None) -> dict:
+    """A saved run scored on the test split (bootstrap CIs, ECE), with its compute.
+
+    The report side of a run: it reads what training saved and trains nothing."""
+    root = root or project_root()
+    preds = load_predictions(run["key"], run["variant"], root)
+    ev = params["evaluate"]
+    test = evaluate(
+        preds["test_y"], preds["test_probs"], CLASSES, ev["n_bootstrap"], ev["ece_bins"]
     )
-    write_metrics(out / "evaluation.json", record)
-    shutil.rmtree(dirs["work"], ignore_errors=True)  # finished: nothing left to resume
-    record["history"] = history
-    return record
+    timing = read_timings(f"train-{run['key']}", root).get(run["variant"], {})
+    history = pd.DataFrame(run["history"]).set_index("step") if run.get("history") else None
+    return {
+        **run,
+        "train_minutes": timing.get("train_minutes"),
+        "train_images_per_second": timing.get("train_images_per_second"),
+        "inference_images_per_second": timing.get("inference_images_per_second"),
+        "test": test,
+        "history": history,
+        "predictions": preds,
+        "provenance": {**provenance(params, run["data_hash"]), "machine": timing.get("machine")},
+    }
 
 
-def read_record(key: str, variant: str | None = None, root: Path | None = None) -> dict:
-    """The saved evaluation of an earlier run (``models/<key>/<variant>/evaluation.json``)."""
-    path = resolve(Path("models") / key / (variant or key) / "evaluation.json", root)
+def read_run(key: str, variant: str | None = None, root: Path | None = None) -> dict:
+    """The training record of an earlier run (``models/<key>/<variant>/run.json``)."""
+    path = resolve(Path("models") / key / (variant or key) / "run.json", root)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run the '{key}' training stage first.")
     return json.loads(path.read_text())
 
 
 def headline(record: dict) -> dict:
-    """The numbers of one run that `dvc metrics show` lists."""
+    """The numbers of one run that `dvc metrics show` lists (no timings: those are in
+    ``metrics/timings/``, so this file's hash is stable)."""
     test = record["test"]
     return {
         **{f"test_{k}": round(test[k], 4) for k in HEADLINE},
@@ -166,8 +272,6 @@ def headline(record: dict) -> dict:
         "epochs": record["epochs"],
         "optimizer": record["optimizer"],
         "weights": record["weights"],
-        "train_minutes": record["train_minutes"],
-        "inference_images_per_second": record["inference_images_per_second"],
         "parameter_count": record["parameter_count"],
     }
 
@@ -175,46 +279,96 @@ def headline(record: dict) -> dict:
 def write_family_metrics(
     key: str, records: list[dict], extra: dict | None = None, root: Path | None = None
 ) -> Path:
-    """``metrics/<key>.json``: headline numbers per variant, extras, provenance."""
+    """``metrics/<key>.json``: headline numbers per variant, extras, the data's hash."""
     root = root or project_root()
     body = {r["variant"]: headline(r) for r in records}
     if extra:
         body.update(extra)
-    body["provenance"] = records[0]["provenance"] if records else {}
-    return write_metrics(root / "metrics" / f"{key}.json", body)
+    body["data_hash"] = records[0]["data_hash"] if records else None
+    return write_json(root / "metrics" / f"{key}.json", body)
+
+
+def train_variant(
+    params: dict,
+    key: str,
+    variant: str | None = None,
+    optimizer: str | None = None,
+    root: Path | None = None,
+    verbose: int = 2,
+    **overrides,
+) -> dict:
+    """Train one variant (unless trained under the same key): select on validation, save
+    the model and its validation and test predictions. Returns the training record."""
+    root = root or project_root()
+    cfg = family_config(params, key, optimizer, **overrides)
+    variant = variant or key
+
+    def train(dirs: dict, data: dict) -> tuple[TrainResult, dict]:
+        (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+        result = train_model(
+            cfg, x_tr, y_tr, x_val, y_val, dirs["work"], dirs["live"], verbose=verbose
+        )
+        return result, {}
+
+    return ensure_run(key, variant, cfg, train, root, verbose)
+
+
+def run_variant(
+    params: dict,
+    key: str,
+    variant: str | None = None,
+    optimizer: str | None = None,
+    root: Path | None = None,
+    verbose: int = 2,
+    **overrides,
+) -> dict:
+    """:func:`train_variant` (a no-op when trained), then :func:`evaluate_run`."""
+    run = train_variant(params, key, variant, optimizer, root, verbose, **overrides)
+    return evaluate_run(params, run, root)
+
+
+def family_variants(params: dict, key: str) -> list[tuple[str, str]]:
+    """(variant, optimizer) for each optimizer configured for ``models.<key>``.
+
+    One optimizer: the variant is named ``<key>``; several: ``<key>_<optimizer>``."""
+    optimizers = params["models"][key].get("optimizers") or ["adam"]
+    return [(key if len(optimizers) == 1 else f"{key}_{opt}", opt) for opt in optimizers]
 
 
 def run_family(params: dict, key: str, root: Path | None = None, verbose: int = 2) -> list[dict]:
-    """Train and evaluate every optimizer configured for ``models.<key>``.
-
-    One optimizer: the variant is named ``<key>``; several: ``<key>_<optimizer>``.
-    """
-    optimizers = params["models"][key].get("optimizers") or ["adam"]
-    records = []
-    for opt in optimizers:
-        variant = key if len(optimizers) == 1 else f"{key}_{opt}"
-        records.append(run_variant(params, key, variant, opt, root=root, verbose=verbose))
-    return records
+    """Every configured variant of ``models.<key>``, trained if needed and evaluated."""
+    return [
+        run_variant(params, key, variant, opt, root=root, verbose=verbose)
+        for variant, opt in family_variants(params, key)
+    ]
 
 
-def _train_eval_arrays(
-    params: dict,
+def _scores(y: np.ndarray, probs: np.ndarray) -> dict:
+    """Accuracy and macro-F1 (point estimates) of one study run's held-out part."""
+    from sklearn.metrics import f1_score
+
+    pred = probs.argmax(axis=1)
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=range(len(CLASSES)))),
+    }
+
+
+def _train_arrays(
     key: str,
     name: str,
     cfg: TrainConfig,
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
     root: Path,
-) -> tuple[dict, object]:
-    """Train on ``train``, select on ``val``; return (validation evaluation, model)."""
-    dirs = run_dirs(key, name, cfg, root)
+    **extra_key,
+) -> TrainResult:
+    """Train on ``train``, select on ``val``; time it in ``metrics/timings/<key>.json``."""
+    dirs = run_dirs(key, name, training_key(cfg, root, study=name, **extra_key), root)
     result = train_model(cfg, *train, *val, dirs["work"], dirs["live"], verbose=0)
-    probs, _ = predict_proba(result.model, val[0])
-    ev = evaluate(
-        val[1], probs, CLASSES, params["evaluate"]["n_bootstrap"], params["evaluate"]["ece_bins"]
-    )
+    record_run_timing(key, name, {"train_minutes": round(result.seconds / 60, 2)}, root)
     shutil.rmtree(dirs["work"], ignore_errors=True)
-    return ev, result
+    return result
 
 
 def training_part(size: int, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,42 +401,40 @@ def cross_validate(params: dict, key: str, root: Path | None = None) -> dict:
         image_size=entry["cv_image_size"],
         **_widths(entry, key, "cv_conv_widths", entry["cv_image_size"]),
     )
-    x, y, folds = training_part(cfg.image_size, root)
     n_folds = int(entry["cv_folds"])
-    available = int(folds.max()) + 1
-    if n_folds > available:
-        raise ValueError(
-            f"Params key 'models.{key}.cv_folds' is {n_folds}, but the manifest has "
-            f"{available} folds ('preprocess.n_folds'); lower it or rerun preprocess."
-        )
-    rows = []
-    for k in range(n_folds):
-        held = folds == k
-        ev, result = _train_eval_arrays(
-            params, key, f"cv_fold{k}", cfg, (x[~held], y[~held]), (x[held], y[held]), root
-        )
-        rows.append(
-            {
-                "fold": k,
-                "accuracy": ev["accuracy"],
-                "macro_f1": ev["macro_f1"],
-                "train_images": result.train_size,
-                "train_minutes": round(result.seconds / 60, 2),
-            }
-        )
-    acc = np.array([r["accuracy"] for r in rows])
-    f1 = np.array([r["macro_f1"] for r in rows])
-    return {
-        "folds": rows,
-        "accuracy_mean": float(acc.mean()),
-        "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-        "macro_f1_mean": float(f1.mean()),
-        "macro_f1_sd": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
-        "image_size": cfg.image_size,
-        "epochs": cfg.epochs,
-        "balance": cfg.balance,
-        "conv_widths": cfg.conv_widths,
-    }
+
+    def compute() -> dict:
+        x, y, folds = training_part(cfg.image_size, root)
+        available = int(folds.max()) + 1
+        if n_folds > available:
+            raise ValueError(
+                f"Params key 'models.{key}.cv_folds' is {n_folds}, but the manifest has "
+                f"{available} folds ('preprocess.n_folds'); lower it or rerun preprocess."
+            )
+        rows = []
+        for k in range(n_folds):
+            held = folds == k
+            result = _train_arrays(
+                key, f"cv_fold{k}", cfg, (x[~held], y[~held]), (x[held], y[held]), root
+            )
+            probs, _ = predict_proba(result.model, x[held])
+            rows.append({"fold": k, **_scores(y[held], probs), "train_images": result.train_size})
+        acc = np.array([r["accuracy"] for r in rows])
+        f1 = np.array([r["macro_f1"] for r in rows])
+        return {
+            "folds": rows,
+            "accuracy_mean": float(acc.mean()),
+            "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+            "macro_f1_mean": float(f1.mean()),
+            "macro_f1_sd": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
+            "image_size": cfg.image_size,
+            "epochs": cfg.epochs,
+            "balance": cfg.balance,
+            "conv_widths": cfg.conv_widths,
+        }
+
+    tkey = training_key(cfg, root, study="cv", folds=n_folds)
+    return keyed(resolve(Path("models") / key / "cv.json", root), tkey, compute)
 
 
 def keras_validation_split(
@@ -324,34 +476,40 @@ def shuffling_study(params: dict, key: str, root: Path | None = None) -> dict:
     entry = params["models"][key]
     size = entry["shuffling_image_size"]
     widths = _widths(entry, key, "shuffling_conv_widths", size)  # fails before any work
-    x, y, _ = training_part(size, root)
-    x_te, y_te = load_splits(size, root)["test"]
     val_fraction = params["preprocess"]["val_size"]
-    runs = []
-    for seed in entry["shuffling_seeds"]:
-        cfg = family_config(
-            params,
-            key,
-            epochs=entry["shuffling_epochs"],
-            seed=int(seed),
-            image_size=size,
-            **widths,
+    seeds = [int(seed) for seed in entry["shuffling_seeds"]]
+    configs = {
+        seed: family_config(
+            params, key, epochs=entry["shuffling_epochs"], seed=seed, image_size=size, **widths
         )
-        for order in ("class_sorted", "shuffled"):
-            train, val = keras_validation_split(x, y, val_fraction, order, int(seed))
-            _, result = _train_eval_arrays(
-                params, key, f"shuffling_{order}_s{seed}", cfg, train, val, root
-            )
-            probs, _ = predict_proba(result.model, x_te)
-            runs.append(
-                {
-                    "seed": int(seed),
-                    "order": order,
-                    "classes_in_training": int(len(np.unique(train[1]))),
-                    "classes_in_validation": int(len(np.unique(val[1]))),
-                    "test_accuracy": float((probs.argmax(axis=1) == y_te).mean()),
-                }
-            )
+        for seed in seeds
+    }
+
+    def compute() -> dict:
+        x, y, _ = training_part(size, root)
+        x_te, y_te = load_splits(size, root)["test"]
+        runs = []
+        for seed, cfg in configs.items():
+            for order in ("class_sorted", "shuffled"):
+                train, val = keras_validation_split(x, y, val_fraction, order, seed)
+                name = f"shuffling_{order}_s{seed}"
+                result = _train_arrays(key, name, cfg, train, val, root, order=order)
+                probs, _ = predict_proba(result.model, x_te)
+                runs.append(
+                    {
+                        "seed": seed,
+                        "order": order,
+                        "classes_in_training": int(len(np.unique(train[1]))),
+                        "classes_in_validation": int(len(np.unique(val[1]))),
+                        "test_accuracy": float((probs.argmax(axis=1) == y_te).mean()),
+                    }
+                )
+        return {"runs": runs}
+
+    tkey = training_key(
+        configs[seeds[0]], root, study="shuffling", seeds=seeds, val_fraction=val_fraction
+    )
+    runs = keyed(resolve(Path("models") / key / "shuffling.json", root), tkey, compute)["runs"]
     summary = {}
     for order in ("class_sorted", "shuffled"):
         acc = np.array([r["test_accuracy"] for r in runs if r["order"] == order])
@@ -369,5 +527,57 @@ def shuffling_study(params: dict, key: str, root: Path | None = None) -> dict:
         "gap_exceeds_2sd": bool(abs(gap) > 2 * spread),
         "image_size": size,
         "epochs": entry["shuffling_epochs"],
-        "conv_widths": cfg.conv_widths,
+        "conv_widths": configs[seeds[0]].conv_widths,
     }
+
+
+def train_stage(params: dict, key: str, root: Path | None = None, verbose: int = 2) -> list[str]:
+    """Everything the ``train@<key>`` stage trains: each variant of ``models.<key>``, and
+    the family's cross-validation and shuffling studies where its params configure them
+    (the hybrid's and SupCon's own recipes for those keys). Returns what it made."""
+    root = root or project_root()
+    if key == "hybrid":
+        from bloodcells.hybrid import train_hybrid
+
+        train_hybrid(params, root, verbose)
+        return ["hybrid"]
+    if key == "supcon":
+        from bloodcells.supcon import train_supcon
+
+        return train_supcon(params, root, verbose)
+    made = []
+    for variant, opt in family_variants(params, key):
+        train_variant(params, key, variant, opt, root=root, verbose=verbose)
+        made.append(variant)
+    entry = params["models"][key]
+    if entry.get("cv_folds"):
+        cross_validate(params, key, root)
+        made.append("cv")
+    if entry.get("shuffling_seeds"):
+        shuffling_study(params, key, root)
+        made.append("shuffling")
+    return made
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from bloodcells.config import load_params
+
+    parser = argparse.ArgumentParser(
+        description="Train one family (the train@<key> stage): models, predictions, studies."
+    )
+    parser.add_argument("key", help="a models.<key> entry of params.yaml, e.g. cnn")
+    args = parser.parse_args(argv)
+    params = load_params()
+    if args.key not in params["models"]:
+        parser.error(f"unknown family {args.key!r}; params.yaml has {', '.join(params['models'])}")
+    t0 = time.perf_counter()
+    made = train_stage(params, args.key)
+    record_stage_time(f"train-{args.key}", time.perf_counter() - t0)
+    print(f"train@{args.key}: {', '.join(made)} in models/{args.key}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,6 +25,8 @@ class NotAModelError(ValueError):
 
 def export_model(record: dict, source: Path, dest: Path) -> Path:
     """Copy ``source`` (a saved .keras model) to ``dest`` with the run's metadata inside."""
+    from bloodcells.models import stable_archive
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".tmp")
     shutil.copy2(source, tmp)
@@ -53,8 +55,7 @@ def export_model(record: dict, source: Path, dest: Path) -> Path:
         "git_commit": record["provenance"]["git_commit"],
         "profile": record["provenance"]["profile"],
     }
-    with zipfile.ZipFile(tmp, "a") as zf:
-        zf.writestr(METADATA, json.dumps(metadata, indent=2))
+    stable_archive(tmp, {METADATA: json.dumps(metadata, indent=2).encode()})
     tmp.replace(dest)
     return dest
 
@@ -152,14 +153,18 @@ def card_html(markdown_text: str) -> str:
 
 
 def export_best(root: Path | None = None) -> Path:
-    """Export the best model of the run (``metrics/summary.json``) with its model card."""
+    """Export the model chosen on validation (``metrics/summary.json``) with its model card."""
+    from bloodcells.config import load_params
+    from bloodcells.experiment import evaluate_run, read_run
+
     root = root or project_root()
     summary = json.loads((root / "metrics" / "summary.json").read_text())
     best = summary["best_model"]
-    matches = list(resolve("models", root).glob(f"*/{best}/evaluation.json"))
+    matches = list(resolve("models", root).glob(f"*/{best}/run.json"))
     if not matches:
-        raise FileNotFoundError(f"No evaluation.json for the best model {best!r} under models/.")
-    record = json.loads(matches[0].read_text())
+        raise FileNotFoundError(f"No run.json for the best model {best!r} under models/.")
+    key = matches[0].parent.parent.name
+    record = evaluate_run(load_params(), read_run(key, best, root), root)
     dest = export_model(record, matches[0].parent / "model.keras", root / "export" / "best.keras")
     card = model_card(read_metadata(dest))
     (root / "reports" / "model_card.md").write_text(card)

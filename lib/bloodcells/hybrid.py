@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from bloodcells.experiment import finish_run, load_splits, run_dirs
+from bloodcells.experiment import ensure_run, evaluate_run, read_run
 from bloodcells.models import HYBRID_BRANCHES, branch_backbone, build_hybrid, freeze_branches
 from bloodcells.paths import project_root, resolve
 from bloodcells.train import distribution_strategy, family_config, train_model
@@ -13,72 +13,97 @@ from bloodcells.train import distribution_strategy, family_config, train_model
 KEY = "hybrid"
 
 
-def run_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> dict:
+def train_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> dict:
     """Phase 1: train the hybrid jointly; phase 2: more epochs with both bases frozen.
 
     With ``models.hybrid.from_stages`` the branches start from the InceptionV3 and Xception
-    that stages 08 and 09 trained; otherwise both are built from ``weights``. The model of
-    the phase with the better validation accuracy is scored on the test split once.
+    that stages 08 and 09 trained (their training keys are part of this run's); otherwise
+    both are built from ``weights``. The phase with the better validation accuracy is kept
+    (unless trained before under the same key). Returns the training record.
     """
     root = root or project_root()
     entry = params["models"][KEY]
     cfg = family_config(params, KEY)
-    branches = {}
-    with distribution_strategy().scope():
-        if entry["from_stages"]:
-            branches = {
-                family: branch_backbone(
-                    resolve(Path("models") / family / family / "model.keras", root),
-                    family,
-                    cfg.image_size,
-                )
-                for family in HYBRID_BRANCHES
-            }
-        model = build_hybrid(cfg.image_size, 8, cfg.weights, cfg.dense_units, cfg.dropout, branches)
-    data = load_splits(cfg.image_size, root)
-    (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
-    dirs = run_dirs(KEY, KEY, cfg, root)
-    joint = train_model(
-        cfg,
-        x_tr,
-        y_tr,
-        x_val,
-        y_val,
-        dirs["work"] / "joint",
-        dirs["live"] / "joint",
-        model=model,
-        verbose=verbose,
-    )
     cfg2 = dataclasses.replace(cfg, epochs=int(entry["frozen_epochs"]))
-    frozen = train_model(
-        cfg2,
-        x_tr,
-        y_tr,
-        x_val,
-        y_val,
-        dirs["work"] / "frozen",
-        dirs["live"] / "frozen",
-        model=freeze_branches(joint.model),
-        verbose=verbose,
-    )
-    best_joint = float(joint.history["val_accuracy"].max())
-    best_frozen = float(frozen.history["val_accuracy"].max())
-    phase = "frozen" if best_frozen >= best_joint else "joint"
-    chosen = dataclasses.replace(
-        frozen if phase == "frozen" else joint,
-        seconds=joint.seconds + frozen.seconds,
-        history=_concat_phases(joint.history, frozen.history),
-    )
-    extra = {
-        "from_stages": bool(entry["from_stages"]),
-        "joint_epochs": cfg.epochs,
-        "frozen_epochs": cfg2.epochs,
-        "selected_phase": phase,
-        "val_accuracy_joint": best_joint,
-        "val_accuracy_frozen": best_frozen,
-    }
     cfg_total = dataclasses.replace(cfg, epochs=cfg.epochs + cfg2.epochs)
-    return finish_run(params, KEY, KEY, cfg_total, chosen, data, dirs, root, extra)
+    branch_keys = (
+        {f: read_run(f, f, root)["training_key"] for f in HYBRID_BRANCHES}
+        if entry["from_stages"]
+        else {}
+    )
+
+    def train(dirs: dict, data: dict):
+        branches = {}
+        with distribution_strategy().scope():
+            if entry["from_stages"]:
+                branches = {
+                    family: branch_backbone(
+                        resolve(Path("models") / family / family / "model.keras", root),
+                        family,
+                        cfg.image_size,
+                    )
+                    for family in HYBRID_BRANCHES
+                }
+            model = build_hybrid(
+                cfg.image_size, 8, cfg.weights, cfg.dense_units, cfg.dropout, branches
+            )
+        (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+        joint = train_model(
+            cfg,
+            x_tr,
+            y_tr,
+            x_val,
+            y_val,
+            dirs["work"] / "joint",
+            dirs["live"] / "joint",
+            model=model,
+            verbose=verbose,
+        )
+        frozen = train_model(
+            cfg2,
+            x_tr,
+            y_tr,
+            x_val,
+            y_val,
+            dirs["work"] / "frozen",
+            dirs["live"] / "frozen",
+            model=freeze_branches(joint.model),
+            verbose=verbose,
+        )
+        best_joint = float(joint.history["val_accuracy"].max())
+        best_frozen = float(frozen.history["val_accuracy"].max())
+        phase = "frozen" if best_frozen >= best_joint else "joint"
+        chosen = dataclasses.replace(
+            frozen if phase == "frozen" else joint,
+            seconds=joint.seconds + frozen.seconds,
+            history=_concat_phases(joint.history, frozen.history),
+        )
+        extra = {
+            "from_stages": bool(entry["from_stages"]),
+            "joint_epochs": cfg.epochs,
+            "frozen_epochs": cfg2.epochs,
+            "selected_phase": phase,
+            "val_accuracy_joint": best_joint,
+            "val_accuracy_frozen": best_frozen,
+        }
+        return chosen, extra
+
+    return ensure_run(
+        KEY,
+        KEY,
+        cfg_total,
+        train,
+        root,
+        verbose,
+        frozen_epochs=cfg2.epochs,
+        from_stages=bool(entry["from_stages"]),
+        branches=branch_keys,
+    )
+
+
+def run_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> dict:
+    """The hybrid, trained if needed (:func:`train_hybrid`), scored on the test split."""
+    return evaluate_run(params, train_hybrid(params, root, verbose), root)
 
 
 def _concat_phases(a, b):

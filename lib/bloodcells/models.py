@@ -318,6 +318,30 @@ def save_for_inference(model: keras.Model, path: Path) -> None:
     copies every byte of it into its cache.
     """
     keras.Model(model.inputs, model.outputs, name=model.name).save(path)
+    stable_archive(path)
+
+
+def stable_archive(path: Path, add: dict[str, bytes] | None = None) -> None:
+    """Rewrite a ``.keras`` archive so the same weights give the same bytes: every entry
+    dated 1980-01-01 and Keras's ``date_saved`` dropped from ``metadata.json`` (the weights
+    file itself is already deterministic). ``add`` puts further entries in (the export's
+    metadata). Written to a temporary file and renamed, so a crash leaves the old one."""
+    import json
+    import zipfile
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as zf:
+        entries = {info.filename: zf.read(info) for info in zf.infolist()}
+    if "metadata.json" in entries:
+        meta = json.loads(entries["metadata.json"])
+        meta.pop("date_saved", None)
+        entries["metadata.json"] = json.dumps(meta).encode()
+    entries.update(add or {})
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in entries.items():
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+    tmp.replace(path)
 
 
 def build_hybrid(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -61,3 +62,12 @@ def processed_dir(size: int, root: Path | None = None) -> Path:
 
 def reports_dir(root: Path | None = None) -> Path:
     return resolve("reports", root)
+
+
+def write_json(path: Path, body: dict) -> Path:
+    """Write ``body`` as JSON atomically (a crash never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path

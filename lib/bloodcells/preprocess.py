@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from bloodcells.paths import CLASSES
+from bloodcells.timing import record_timing
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ["path", "class", "label", "sha256", "width", "height", "split", "fold"]
@@ -291,11 +292,13 @@ def cache_arrays(
         "classes": list(CLASSES),
         "counts": {s: int((manifest["split"] == s).sum()) for s in SPLITS},
         "images": n_total,
+    }
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return {
+        **meta,
         "seconds": round(seconds, 3),
         "images_per_second": round(n_total / seconds, 1) if seconds else None,
     }
-    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return meta
 
 
 def load_split(processed: Path, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -362,8 +365,8 @@ def quality_table(quality: dict) -> pd.DataFrame:
 def run_preprocess(params: dict, root: Path) -> dict:
     """The whole ``preprocess`` stage: manifest, quality record, cached arrays, metrics.
 
-    Returns a summary with the counts and per-size decode throughput, also written to
-    ``metrics/preprocess.json``.
+    Returns a summary with the counts (written to ``metrics/preprocess.json``) and the
+    per-size decode throughput (to ``metrics/timings/01_preprocessing.json``).
     """
     from bloodcells.paths import manifest_path, processed_dir, quality_path, raw_dataset_dir
 
@@ -377,10 +380,11 @@ def run_preprocess(params: dict, root: Path) -> dict:
     write_quality(quality, quality_path(root))
     throughput = {}
     for size in sorted(set(pre["image_sizes"])):
-        meta = cache_arrays(manifest, raw_dir, size, processed_dir(size, root), pre["workers"])
+        made = cache_arrays(manifest, raw_dir, size, processed_dir(size, root), pre["workers"])
+        meta = {k: v for k, v in made.items() if k not in ("seconds", "images_per_second")}
         meta["manifest_sha256"] = data_hash
         (processed_dir(size, root) / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        throughput[str(size)] = meta["images_per_second"]
+        throughput[str(size)] = made["images_per_second"]
     summary = {
         "files_scanned": quality["files_scanned"],
         "images_kept": quality["images_kept"],
@@ -389,11 +393,14 @@ def run_preprocess(params: dict, root: Path) -> dict:
         "conflict_files_dropped": quality["conflict_files_dropped"],
         "near_duplicate_pairs": quality["near_duplicate_pairs"],
         "split_sizes": {s: int((manifest["split"] == s).sum()) for s in SPLITS},
-        "scan_seconds": round(scan_seconds, 2),
-        "decode_resize_images_per_second": throughput,
         "manifest_sha256": data_hash,
     }
+    timings = {
+        "scan_seconds": round(scan_seconds, 2),
+        "decode_resize_images_per_second": throughput,
+    }
+    record_timing("01_preprocessing", "decode", timings, root)
     metrics = root / "metrics" / "preprocess.json"
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return {**summary, **timings}

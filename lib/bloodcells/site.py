@@ -15,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells.evaluate import describe_machine, git_output, hardware
 from bloodcells.paths import project_root, reports_dir
+from bloodcells.timing import describe_machine, git_output, hardware, read_timings
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;
@@ -66,26 +66,29 @@ def build_index(root: Path | None = None) -> Path:
         )
         champ = summary.get("champion")
         if champ:
+            ips = read_timings("12_comparison", root).get("champion", {})
+            ips = ips.get("inference_images_per_second")
+            champ_ips = f"{ips:,.0f}" if ips else "n/a"
             cci = champ["test_accuracy_ci95"]
             parts.append(
                 f"<p><strong>Champion: {html.escape(champ['name'])}</strong> (test-time "
                 f"augmentation over {champ['views']} views, members chosen on validation): "
                 f"test accuracy {100 * champ['test_accuracy']:.2f}% (95% CI "
                 f"{100 * cci[0]:.2f}–{100 * cci[1]:.2f}), macro-F1 "
-                f"{100 * champ['macro_f1']:.2f}%, {champ['inference_images_per_second']:,.0f} "
-                "images/s.</p>"
+                f"{100 * champ['macro_f1']:.2f}%, {champ_ips} images/s.</p>"
             )
         parts.append(
             "<table><tr><th>model</th><th>test accuracy</th><th>95% CI</th><th>macro-F1</th>"
             "<th>image size</th><th>epochs</th><th>weights</th><th>train min</th></tr>"
         )
         for m in summary["models"]:
+            timing = read_timings(f"train-{m['key']}", root).get(m["model"], {})
             parts.append(
                 f"<tr><td>{html.escape(m['model'])}</td><td>{100 * m['test_accuracy']:.2f}%</td>"
                 f"<td>[{100 * m['ci95'][0]:.2f}, {100 * m['ci95'][1]:.2f}]</td>"
                 f"<td>{100 * m['macro_f1']:.2f}%</td><td>{m['image_size']} px</td>"
                 f"<td>{m['epochs']}</td><td>{html.escape(str(m['weights']))}</td>"
-                f"<td>{m['train_minutes']}</td></tr>"
+                f"<td>{timing.get('train_minutes', 'n/a')}</td></tr>"
             )
         parts.append("</table>")
     figure = reports / "figures" / "forest.png"

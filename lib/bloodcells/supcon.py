@@ -117,18 +117,18 @@ def embed(encoder: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndar
 
 
 KEY = "supcon"
+CONTROL = "supcon_ce_control"
 
 
-def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
-    """Stage 11: SupCon pre-training, a classifier on the frozen encoder, and a CE control.
-
-    Returns ``{"supcon": record, "control": record, "embeddings": {...}}``; the control is
-    the same encoder and head trained end to end with cross-entropy for as many epochs as
-    the contrastive pre-training ran.
-    """
+def train_supcon(params: dict, root=None, verbose: int = 2) -> list[str]:
+    """Stage 11's training: SupCon pre-training and a classifier on the frozen encoder
+    (variant ``supcon``), and the cross-entropy control (``supcon_ce_control``): the same
+    encoder and head trained end to end for as many epochs as the pre-training ran. Each
+    saves its test-split embeddings beside its model. Runs trained before under the same
+    key are kept. Returns the variants."""
     import dataclasses
 
-    from bloodcells.experiment import finish_run, load_splits, run_dirs
+    from bloodcells.experiment import ensure_run
     from bloodcells.paths import project_root
     from bloodcells.train import (
         completed_epochs,
@@ -143,102 +143,120 @@ def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
     root = root or project_root()
     entry = params["models"][KEY]
     cfg = family_config(params, KEY)
-    data = load_splits(cfg.image_size, root)
-    (x_tr, y_tr), (x_val, y_val), (x_te, _) = data["train"], data["val"], data["test"]
-    dirs = run_dirs(KEY, KEY, cfg, root)
-
-    # Stage one: encoder + projection head, supervised contrastive loss.
-    configure_tensorflow(cfg)
-    steps = cfg.epochs * (len(x_tr) // cfg.batch_size)
-    # Under a mirrored strategy each replica contrasts its own share of the batch.
-    with distribution_strategy().scope():
-        encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights, cfg.conv_widths)
-        projector = with_projection_head(encoder, int(entry["projection_units"]))
-        projector.compile(
-            optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, steps),
-            loss=SupConLoss(float(entry["temperature"])),
-            run_eagerly=cfg.run_eagerly,
-        )
-    pre_done = completed_epochs(dirs["work"] / "pretrain")
-    projector, pre_history, pre_seconds = fit_resumable(
-        projector,
-        two_view_dataset(x_tr, y_tr, cfg.batch_size, cfg.seed, cfg.epochs, pre_done),
-        two_view_dataset(x_val, y_val, cfg.batch_size, cfg.seed + 1, full_batches=False),
-        cfg.epochs,
-        dirs["work"] / "pretrain",
-        dirs["live"] / "pretrain",
-        monitor="val_loss",
-        mode="min",
-        verbose=verbose,
-        steps=len(x_tr) // cfg.batch_size,
-    )
-    with distribution_strategy().scope():
-        encoder = keras.Model(projector.input, projector.get_layer("gap").output, name="encoder")
-        classifier = classifier_on(encoder, 8, trainable=False, dropout=cfg.dropout)
-
-    # Stage two: a classifier on the frozen encoder.
     cfg2 = dataclasses.replace(cfg, epochs=int(entry["classifier_epochs"]))
-    head = train_model(
-        cfg2,
-        x_tr,
-        y_tr,
-        x_val,
-        y_val,
-        dirs["work"] / "classifier",
-        dirs["live"] / "classifier",
-        model=classifier,
-        verbose=verbose,
-    )
-    head = dataclasses.replace(head, seconds=pre_seconds + head.seconds)
     total = dataclasses.replace(cfg, epochs=cfg.epochs + cfg2.epochs)
-    extra = {
-        "encoder": cfg.family,
-        "temperature": float(entry["temperature"]),
-        "pretrain_epochs": cfg.epochs,
-        "classifier_epochs": cfg2.epochs,
-        "pretrain_minutes": round(pre_seconds / 60, 2),
-        "pretrain_history": pre_history.reset_index().to_dict("list"),
-    }
-    supcon_record = finish_run(params, KEY, KEY, total, head, data, dirs, root, extra)
 
-    # The control: same encoder and head, cross-entropy end to end, as many epochs.
-    cdirs = run_dirs(KEY, "supcon_ce_control", cfg, root)
-    with distribution_strategy().scope():
-        control_encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights, cfg.conv_widths)
-        control_model = classifier_on(control_encoder, 8, trainable=True, dropout=cfg.dropout)
-    control = train_model(
-        cfg,
-        x_tr,
-        y_tr,
-        x_val,
-        y_val,
-        cdirs["work"],
-        cdirs["live"],
-        model=control_model,
-        verbose=verbose,
-    )
-    control_record = finish_run(
-        params,
-        KEY,
-        "supcon_ce_control",
-        cfg,
-        control,
-        data,
-        cdirs,
-        root,
-        {"encoder": cfg.family},
-    )
-    control_features = keras.Model(
-        control.model.input, control.model.get_layer("gap").output, name="control_encoder"
-    )
-    return {
-        "supcon": supcon_record,
-        "control": control_record,
-        "embeddings": {
-            "supcon": embed(encoder, x_te),
-            "control": embed(control_features, x_te),
-        },
+    def save_embeddings(dirs: dict, encoder, data: dict) -> None:
+        dirs["out"].mkdir(parents=True, exist_ok=True)
+        test = embed(encoder, data["test"][0])
+        np.savez_compressed(dirs["out"] / "embeddings.npz", test=test)
+
+    def pretrain_and_probe(dirs: dict, data: dict):
+        (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+        # Stage one: encoder + projection head, supervised contrastive loss.
+        configure_tensorflow(cfg)
+        steps = cfg.epochs * (len(x_tr) // cfg.batch_size)
+        # Under a mirrored strategy each replica contrasts its own share of the batch.
+        with distribution_strategy().scope():
+            encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights, cfg.conv_widths)
+            projector = with_projection_head(encoder, int(entry["projection_units"]))
+            projector.compile(
+                optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, steps),
+                loss=SupConLoss(float(entry["temperature"])),
+                run_eagerly=cfg.run_eagerly,
+            )
+        pre_done = completed_epochs(dirs["work"] / "pretrain")
+        projector, pre_history, pre_seconds = fit_resumable(
+            projector,
+            two_view_dataset(x_tr, y_tr, cfg.batch_size, cfg.seed, cfg.epochs, pre_done),
+            two_view_dataset(x_val, y_val, cfg.batch_size, cfg.seed + 1, full_batches=False),
+            cfg.epochs,
+            dirs["work"] / "pretrain",
+            dirs["live"] / "pretrain",
+            monitor="val_loss",
+            mode="min",
+            verbose=verbose,
+            steps=len(x_tr) // cfg.batch_size,
+            seed=cfg.seed,
+        )
+        with distribution_strategy().scope():
+            encoder = keras.Model(
+                projector.input, projector.get_layer("gap").output, name="encoder"
+            )
+            classifier = classifier_on(encoder, 8, trainable=False, dropout=cfg.dropout)
+        # Stage two: a classifier on the frozen encoder.
+        head = train_model(
+            cfg2,
+            x_tr,
+            y_tr,
+            x_val,
+            y_val,
+            dirs["work"] / "classifier",
+            dirs["live"] / "classifier",
+            model=classifier,
+            verbose=verbose,
+        )
+        save_embeddings(dirs, encoder, data)
+        extra = {
+            "encoder": cfg.family,
+            "temperature": float(entry["temperature"]),
+            "pretrain_epochs": cfg.epochs,
+            "classifier_epochs": cfg2.epochs,
+            "pretrain_history": pre_history.reset_index().to_dict("list"),
+        }
+        return dataclasses.replace(head, seconds=pre_seconds + head.seconds), extra
+
+    def control(dirs: dict, data: dict):
+        (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+        with distribution_strategy().scope():
+            control_encoder = build_encoder(
+                cfg.family, cfg.image_size, cfg.weights, cfg.conv_widths
+            )
+            control_model = classifier_on(control_encoder, 8, trainable=True, dropout=cfg.dropout)
+        result = train_model(
+            cfg,
+            x_tr,
+            y_tr,
+            x_val,
+            y_val,
+            dirs["work"],
+            dirs["live"],
+            model=control_model,
+            verbose=verbose,
+        )
+        features = keras.Model(
+            result.model.input, result.model.get_layer("gap").output, name="control_encoder"
+        )
+        save_embeddings(dirs, features, data)
+        return result, {"encoder": cfg.family}
+
+    recipe = {
+        "temperature": float(entry["temperature"]),
+        "projection_units": int(entry["projection_units"]),
+        "classifier_epochs": cfg2.epochs,
     }
+    ensure_run(KEY, KEY, total, pretrain_and_probe, root, verbose, **recipe)
+    ensure_run(KEY, CONTROL, cfg, control, root, verbose, control=True)
+    return [KEY, CONTROL]
+
+
+def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
+    """Stage 11: the SupCon model and its cross-entropy control, trained if needed
+    (:func:`train_supcon`) and scored on the test split, with their test embeddings.
+
+    Returns ``{"supcon": record, "control": record, "embeddings": {...}}``.
+    """
+    from bloodcells.experiment import evaluate_run, read_run
+    from bloodcells.paths import project_root
+
+    root = root or project_root()
+    train_supcon(params, root, verbose)
+    records, embeddings = {}, {}
+    for name, variant in (("supcon", KEY), ("control", CONTROL)):
+        records[name] = evaluate_run(params, read_run(KEY, variant, root), root)
+        with np.load(root / "models" / KEY / variant / "embeddings.npz") as z:
+            embeddings[name] = z["test"]
+    return {**records, "embeddings": embeddings}
 
 
 def embedding_2d(features: np.ndarray, labels: np.ndarray, n: int = 2000, seed: int = 0):

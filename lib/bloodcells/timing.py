@@ -1,13 +1,29 @@
-"""Wall time and peak memory of each stage run, for ``make bench``'s stage table."""
+"""Wall-clock figures and the machine that made them, in files of their own
+(``metrics/timings/<stage>.json``).
+
+Every stage writes its wall time and peak memory there (``stage``), and the training
+stages each run's minutes and images/s with the machine that ran it. Nothing else a stage
+writes holds a time, a date or a machine, so models, predictions and metrics have stable
+hashes and DVC can tell a rerun that reproduced them (the timing files are
+``cache: false`` outputs). ``make bench`` collects the stage entries.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import resource
+import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 
-from bloodcells.paths import project_root
+from bloodcells.paths import project_root, write_json
+
+LIBRARIES = ("tensorflow", "keras", "scikit-learn", "imbalanced-learn", "numpy", "pillow", "dvc")
+
+TIMINGS = Path("metrics/timings")
 
 
 def peak_rss_mib() -> float:
@@ -20,18 +36,113 @@ def peak_rss_mib() -> float:
     return round(max(own, children) / 1024, 1)  # Linux reports KiB
 
 
-def record_stage_time(name: str, seconds: float, root: Path | None = None) -> Path:
-    """Write ``metrics/stages/<name>.json``: wall time and peak memory of a stage run.
+def timings_path(stage: str, root: Path | None = None) -> Path:
+    return (root or project_root()) / TIMINGS / f"{stage}.json"
 
-    ``make bench`` collects these into its table of stage wall times.
-    """
-    out = (root or project_root()) / "metrics" / "stages" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    record = {
-        "stage": name,
-        "seconds": round(seconds, 1),
-        "peak_rss_mib": peak_rss_mib(),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+
+def read_timings(stage: str, root: Path | None = None) -> dict:
+    path = timings_path(stage, root)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def record_timing(stage: str, entry: str, info: dict, root: Path | None = None) -> Path:
+    """Set ``entry`` of ``metrics/timings/<stage>.json`` to ``info`` (atomically)."""
+    body = read_timings(stage, root)
+    body[entry] = info
+    return write_json(timings_path(stage, root), body)
+
+
+def record_stage_time(name: str, seconds: float, root: Path | None = None) -> Path:
+    """The ``stage`` entry of ``metrics/timings/<name>.json``: wall time and peak memory."""
+    return record_timing(
+        name,
+        "stage",
+        {
+            "stage": name,
+            "seconds": round(seconds, 1),
+            "peak_rss_mib": peak_rss_mib(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+        root,
+    )
+
+
+def git_output(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+#: CPU flags that decide how fast oneDNN trains (lscpu / /proc/cpuinfo names).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "amx_bf16")
+
+
+def hardware() -> dict:
+    """The machine a number was measured on: CPU model, its vector extensions, the cores
+    this process may use (``taskset``), oneDNN's ISA cap if set, and any GPUs."""
+    cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    try:
+        info = dict(
+            line.split(":", 1)
+            for line in Path("/proc/cpuinfo").read_text().splitlines()[:40]
+            if ":" in line
+        )
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        cpu = info.get("model name", cpu)
+        flags = set(info.get("flags", "").split())
+    except OSError:
+        pass
+    gpus = []
+    try:
+        import tensorflow as tf
+
+        gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    except Exception:  # noqa: BLE001 - hardware description must never fail a run
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "gpus": gpus,
+        "platform": platform.platform(),
     }
-    out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return out
+
+
+def describe_machine(hw: dict) -> str:
+    """One line naming the machine as every timing must: CPU, cores, vector extensions,
+    oneDNN cap, GPUs."""
+    isa = hw.get("isa") or []
+    top = "AMX" if "amx_bf16" in isa else "AVX-512" if "avx512f" in isa else "AVX2"
+    if "avx2" not in isa and top == "AVX2":
+        top = "no AVX2"
+    cap = hw.get("onednn_max_cpu_isa")
+    line = f"{hw['cpu']}, {hw['cores']} cores, {top}"
+    if cap:
+        line += f" (oneDNN capped to {cap})"
+    return line + f", GPUs: {', '.join(hw.get('gpus') or []) or 'none'}"
+
+
+def run_provenance() -> dict:
+    """Where a run ran: code commit, Python and library versions, machine."""
+    versions = {}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = None
+    return {
+        "git_commit": git_output("rev-parse", "HEAD"),
+        "git_dirty": bool(git_output("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "libraries": versions,
+        "hardware": hardware(),
+    }

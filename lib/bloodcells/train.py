@@ -266,6 +266,31 @@ def time_left(epochs: int, label: str = ""):
     return keras.callbacks.LambdaCallback(on_train_begin=begin, on_epoch_end=end)
 
 
+def epoch_seeds(seed: int):
+    """A Keras callback that sets every random-number generator of the model (dropout's
+    Keras ``SeedGenerator`` states) from (``seed``, epoch) when each epoch begins.
+
+    An epoch's dropout masks then depend on the run's seed and the epoch's number only,
+    not on how many steps this process has taken: a run resumed after an interruption
+    draws the masks the uninterrupted run drew (the data order is keyed the same way, in
+    :func:`bloodcells.inputs.epoch_batches`)."""
+    import keras
+
+    def generators(model) -> list:
+        out = []
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            out += [g for g in getattr(layer, "_seed_generators", []) if g not in out]
+        return out
+
+    def begin(epoch, logs=None):
+        for i, gen in enumerate(generators(callback.model)):
+            state = np.array([seed * 7919 + i, epoch << 20])
+            gen.state.assign(keras.ops.convert_to_tensor(state, dtype=gen.state.dtype))
+
+    callback = keras.callbacks.LambdaCallback(on_epoch_begin=begin)
+    return callback
+
+
 def fit_resumable(
     model,
     train_ds,
@@ -279,12 +304,16 @@ def fit_resumable(
     callbacks: list | None = None,
     verbose: int = 2,
     steps: int | None = None,
+    seed: int = 0,
 ):
     """``model.fit`` that keeps the best epoch and resumes after an interruption.
 
     ``steps`` is the number of batches per epoch when ``train_ds`` holds every epoch back
     to back (:func:`bloodcells.inputs.make_dataset`); build it from
     :func:`completed_epochs` so a resumed run continues with the batches it would have had.
+
+    ``seed`` keys each epoch's dropout masks (:func:`epoch_seeds`), so a resumed run ends
+    with the weights of an uninterrupted one.
 
     ``work_dir`` holds ``best.keras`` and ``backup/`` (Keras's BackupAndRestore) while the
     run lasts: rerunning after an interruption resumes from the last finished epoch, with
@@ -319,6 +348,7 @@ def fit_resumable(
         checkpoint,
         keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bests.append(checkpoint.best)),
         DVCLiveCallback(live=live),
+        epoch_seeds(seed),
         *([time_left(epochs, f"[{Path(live_dir).name}] ")] if verbose else []),
         *(callbacks or []),
     ]
@@ -457,6 +487,7 @@ def train_model(
         callbacks=callbacks,
         verbose=verbose,
         steps=steps_per_epoch(len(x_train), batch_size),
+        seed=cfg.seed,
     )
     return TrainResult(
         model=model,

@@ -1,0 +1,145 @@
+"""What each stage reads, resolved, in a file of its own: the DAG's exact invalidation.
+
+``params.yaml`` holds the cpu defaults and every profile's overlay. A stage that listed
+those sections as DVC params would rerun whenever any of them changed, the profiles nobody
+runs included. Instead two small stages write, per consumer, exactly what it reads under
+the active profile, and the consumers depend on those files:
+
+* ``params`` (``python -m bloodcells.plan params``) resolves the active profile
+  (:func:`bloodcells.config.load_params`) and writes ``build/params/<name>.json``;
+  DVC tracks it on ``profile``, ``profiles.<active>`` and the base sections only.
+* ``inputs`` (``python -m bloodcells.plan inputs``), after ``preprocess``, writes
+  ``build/inputs/<key>.json``: the SHA-256 of every cached array a family trains on (at
+  each size it uses) and of the manifest, so adding an image size retrains nothing that
+  does not use it.
+
+A file is rewritten only when its content changes, so its DVC hash moves exactly when
+what its consumer reads moves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from bloodcells.config import load_params
+from bloodcells.paths import manifest_path, processed_dir, project_root, resolve
+
+PARAMS_DIR = Path("build/params")
+INPUTS_DIR = Path("build/inputs")
+
+#: Keys of ``preprocess`` that shape the arrays or splits a model sees. ``image_sizes``
+#: (which sizes are cached) and ``workers`` (how fast) do not.
+SPLIT_KEYS = ("seed", "test_size", "val_size", "n_folds", "near_duplicate_max_distance")
+
+
+def stage_params(params: dict) -> dict[str, dict]:
+    """``{file name: what its consumer reads}`` for every consumer of params."""
+    out = {
+        "data": {"data": params["data"]},
+        "preprocess": {"preprocess": params["preprocess"]},
+        "evaluate": {"profile": params["profile"], "evaluate": params["evaluate"]},
+        "compare": {
+            "profile": params["profile"],
+            "evaluate": params["evaluate"],
+            "champion": params["champion"],
+        },
+    }
+    split = {k: params["preprocess"][k] for k in SPLIT_KEYS}
+    for key, entry in params["models"].items():
+        out[f"train-{key}"] = {
+            "preprocess": split,
+            "train": params["train"],
+            "models": {key: entry},
+        }
+    return out
+
+
+def sizes_used(params: dict, key: str) -> list[int]:
+    """Every cached image size the ``key`` family's training stage reads."""
+    entry = params["models"][key]
+    sizes = {entry.get("image_size") or params["train"].get("image_size")}
+    for name in ("cv_image_size", "shuffling_image_size"):
+        if entry.get(name) and (entry.get("cv_folds") or entry.get("shuffling_seeds")):
+            sizes.add(entry[name])
+    return sorted(int(s) for s in sizes if s)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_inputs(params: dict, root: Path) -> dict[str, dict]:
+    """``{key: {"manifest": sha, "<size>": {array file: sha}}}`` for every family."""
+    cache: dict[Path, str] = {}
+
+    def sha(path: Path) -> str:
+        if path not in cache:
+            cache[path] = file_sha256(path)
+        return cache[path]
+
+    manifest = sha(manifest_path(root))
+    out = {}
+    for key in params["models"]:
+        body: dict = {"manifest": manifest}
+        for size in sizes_used(params, key):
+            folder = processed_dir(size, root)
+            arrays = sorted(folder.glob("*.npy"))
+            if not arrays:
+                raise FileNotFoundError(
+                    f"No cached arrays in {folder}: models.{key} uses {size} px. Add {size} "
+                    "to 'preprocess.image_sizes' in params.yaml and rerun the 'preprocess' stage."
+                )
+            body[str(size)] = {a.name: sha(a) for a in arrays}
+        out[key] = body
+    return out
+
+
+def write_all(files: dict[str, dict], folder: Path) -> list[Path]:
+    """Write ``<name>.json`` for each entry (unchanged content left untouched); remove
+    files of consumers that no longer exist. Returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, body in files.items():
+        path = folder / f"{name}.json"
+        text = json.dumps(body, indent=2, sort_keys=True) + "\n"
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+            written.append(path)
+    for stale in set(folder.glob("*.json")) - {folder / f"{n}.json" for n in files}:
+        stale.unlink()
+    return written
+
+
+def read(name: str, root: Path | None = None) -> dict:
+    """A resolved params file (``build/params/<name>.json``)."""
+    return json.loads(resolve(PARAMS_DIR / f"{name}.json", root).read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("params", "inputs"))
+    args = parser.parse_args(argv)
+    root = project_root()
+    params = load_params()
+    if args.what == "params":
+        files, folder = stage_params(params), root / PARAMS_DIR
+    else:
+        files, folder = stage_inputs(params, root), root / INPUTS_DIR
+    written = write_all(files, folder)
+    print(
+        f"{args.what} (profile {params['profile']}): {len(files)} files in {folder}, "
+        f"{len(written)} changed"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The DAG under the smoke profile: every stage run twice gives the same bytes, and an
+edit reruns exactly the stages that read what it changed (docs/decisions/010).
+
+Both work on one copy of the smoke project (the README's run), in which ``dvc repro
+--force`` runs every stage a second time. The hashes of the two runs and the table of
+edits are written to ``reports/dag_rerun.md`` and ``reports/dag_invalidation.md``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+DVC = str(Path(sys.executable).parent / "dvc")
+
+#: Outputs that hold the clock, by design or by their format (decision 010).
+NOT_STABLE = ("metrics/timings/", "dvclive/", "reports/notebooks/", "reports/index.html")
+
+
+def not_stable(path: str) -> bool:
+    return path.startswith(NOT_STABLE) or (path.startswith("reports/") and path.endswith(".html"))
+
+
+def dvc(cwd: Path, *args: str) -> str:
+    done = subprocess.run([DVC, *args], cwd=cwd, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, (
+        f"dvc {' '.join(args)}:\n{done.stdout[-4000:]}{done.stderr[-4000:]}"
+    )
+    return done.stdout
+
+
+def lock_hashes(project: Path) -> dict[str, str]:
+    """``{output path: md5}`` of every stage output recorded in ``dvc.lock``."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+    }
+
+
+def _no_cache(folder: str, names: list[str]) -> list[str]:
+    return ["cache", "tmp"] if Path(folder).name == ".dvc" else []
+
+
+@pytest.fixture(scope="module")
+def rerun(smoke_project, tmp_path_factory) -> tuple[Path, str]:
+    """A copy of the smoke project with every stage run again (``dvc repro --force``)."""
+    dest = tmp_path_factory.mktemp("rerun") / "bloodcells"
+    shutil.copytree(smoke_project, dest, symlinks=True, ignore=_no_cache)
+    shutil.rmtree(dest / ".cache", ignore_errors=True)  # nothing to resume or reuse
+    return dest, dvc(dest, "repro", "--force")
+
+
+def test_every_stage_run_twice_gives_the_same_outputs(smoke_project, rerun):
+    project, log = rerun
+    first, second = lock_hashes(smoke_project), lock_hashes(project)
+    assert first.keys() == second.keys()
+    assert log.count("Running stage") == len(
+        yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    )
+    stable = sorted(p for p in first if not not_stable(p))
+    rows = [
+        f"| `{p}` | {first[p][:10]} | {second[p][:10]} | {first[p] == second[p]} |"
+        for p in sorted(first)
+    ]
+    (ROOT / "reports").mkdir(exist_ok=True)
+    (ROOT / "reports" / "dag_rerun.md").write_text(
+        "| output | first run | second run | equal |\n| --- | --- | --- | --- |\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+    differ = [p for p in stable if first[p] != second[p]]
+    assert not differ, f"not reproduced bit for bit: {differ}"
+    # the models, predictions and metrics are among the stable ones, not excused
+    for path in (
+        "models/cnn",
+        "models/hybrid",
+        "models/supcon",
+        "data/processed",
+        "export/best.keras",
+    ):
+        assert path in stable
+    assert any(p.startswith("metrics/timings/") and first[p] != second[p] for p in first)
+
+
+def _edit_yaml(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def apply(project: Path) -> None:
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        change(params)
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    return apply
+
+
+def _append(rel: str, text: str = "\n# an edit\n") -> Callable[[Path], None]:
+    def apply(project: Path) -> None:
+        with open(project / rel, "a") as fh:
+            fh.write(text)
+
+    return apply
+
+
+def _smoke(section: str, *keys: str, value) -> Callable[[dict], None]:
+    def change(params: dict) -> None:
+        node = params["profiles"]["smoke"].setdefault(section, {})
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+
+    return change
+
+
+#: (edit, how to apply it, stages to run first besides `params`, then what must be stale)
+EDITS = [
+    (
+        "an inactive profile: profiles.paper.models.cnn.epochs",
+        _edit_yaml(lambda p: p["profiles"]["paper"]["models"]["cnn"].update(epochs=11)),
+        (),
+        set(),
+    ),
+    (
+        "a base value the active profile overrides: models.cnn.epochs",
+        _edit_yaml(lambda p: p["models"]["cnn"].update(epochs=30)),
+        (),
+        set(),
+    ),
+    (
+        "report params: evaluate.n_bootstrap (active)",
+        _edit_yaml(_smoke("evaluate", "n_bootstrap", value=150)),
+        (),
+        {
+            *(f"report@{k}" for k in ("cnn", "unet", "resnet50", "vgg16", "densenet201")),
+            *(f"report@{k}" for k in ("mobilenetv2", "inceptionv3", "xception")),
+            "report-hybrid",
+            "report-supcon",
+            "compare",
+            "export",
+        },
+    ),
+    (
+        "report code: lib/bloodcells/paper.py",
+        _append("lib/bloodcells/paper.py"),
+        (),
+        {
+            *(f"report@{k}" for k in ("cnn", "unet", "resnet50", "vgg16", "densenet201")),
+            *(f"report@{k}" for k in ("mobilenetv2", "inceptionv3", "xception")),
+            "report-hybrid",
+            "report-supcon",
+            "compare",
+        },
+    ),
+    (
+        "plot code: lib/bloodcells/plots.py (preprocess rerun for real)",
+        _append("lib/bloodcells/plots.py"),
+        ("preprocess", "inputs"),
+        {
+            *(f"report@{k}" for k in ("cnn", "unet", "resnet50", "vgg16", "densenet201")),
+            *(f"report@{k}" for k in ("mobilenetv2", "inceptionv3", "xception")),
+            "report-hybrid",
+            "report-supcon",
+            "compare",
+            "site",  # the preprocessing report it links changed
+        },
+    ),
+    (
+        "one family's key: models.cnn.epochs (active)",
+        _edit_yaml(_smoke("models", "cnn", "epochs", value=3)),
+        (),
+        {"train@cnn", "report@cnn"},
+    ),
+    (
+        "a new cached size: preprocess.image_sizes + 64 (preprocess rerun for real)",
+        _edit_yaml(_smoke("preprocess", "image_sizes", value=[32, 64, 80])),
+        ("preprocess", "inputs"),
+        {"compare", "site"},  # compare reads data/processed, site the preprocessing
+        # report; no model uses 64 px, so no model is stale
+    ),
+]
+
+
+def test_an_edit_reruns_exactly_what_reads_it(rerun):
+    """Each edit on the rerun copy: run the stages that resolve it (``params``, and for the
+    data edits ``preprocess`` and ``inputs``), then ``dvc status`` names the stages that
+    would rerun. Undone (and the copy reset) before the next edit."""
+    project, _ = rerun
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rerun"],
+        cwd=project,
+        check=True,
+    )
+    rows = []
+    for name, apply, first, expected in EDITS:
+        apply(project)
+        for stage in ("params", *first):
+            dvc(project, "repro", "--single-item", stage)
+        status = yaml.safe_load(dvc(project, "status", "--json")) or {}
+        stale = set(status)
+        rows.append(f"| {name} | {', '.join(sorted(stale)) or 'nothing'} |")
+        assert stale == expected, name
+        assert not any(s.startswith(("train", "preprocess", "data")) for s in stale - expected)
+        if name.startswith("a new cached size"):
+            break  # the last edit: nothing to reset
+        subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)
+        dvc(project, "checkout", "--force")
+        assert yaml.safe_load(dvc(project, "status", "--json")) == {}, f"after undoing {name}"
+    (ROOT / "reports" / "dag_invalidation.md").write_text(
+        "| edit | stages that would rerun (after resolving it) |\n| --- | --- |\n"
+        + "\n".join(rows)
+        + "\n"
+    )
