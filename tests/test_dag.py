@@ -1,14 +1,14 @@
 """The DAG under the smoke profile: every stage run twice gives the same bytes, and an
 edit reruns exactly the stages that read what it changed (docs/decisions/010).
 
-Both work on one copy of the smoke project (the README's run), in which ``dvc repro
---force`` runs every stage a second time. The hashes of the two runs and the table of
+Both work on a copy of the smoke project (the README's run) in which ``dvc repro --force``
+ran every stage a second time (the ``smoke_rerun`` fixture: in the background, while the
+other tests run; these tests run last). The hashes of the two runs and the table of
 edits are written to ``reports/dag_rerun.md`` and ``reports/dag_invalidation.md``.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,7 +19,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.rerun]
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -49,17 +49,9 @@ def lock_hashes(project: Path) -> dict[str, str]:
     }
 
 
-def _no_cache(folder: str, names: list[str]) -> list[str]:
-    return ["cache", "tmp"] if Path(folder).name == ".dvc" else []
-
-
 @pytest.fixture(scope="module")
-def rerun(smoke_project, tmp_path_factory) -> tuple[Path, str]:
-    """A copy of the smoke project with every stage run again (``dvc repro --force``)."""
-    dest = tmp_path_factory.mktemp("rerun") / "bloodcells"
-    shutil.copytree(smoke_project, dest, symlinks=True, ignore=_no_cache)
-    shutil.rmtree(dest / ".cache", ignore_errors=True)  # nothing to resume or reuse
-    return dest, dvc(dest, "repro", "--force")
+def rerun(smoke_rerun) -> tuple[Path, str]:
+    return smoke_rerun
 
 
 def test_every_stage_run_twice_gives_the_same_outputs(smoke_project, rerun):

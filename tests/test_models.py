@@ -126,3 +126,18 @@ def test_hybrid_starts_from_trained_branches(tmp_path):
         models.branch_backbone(tmp_path / "xception.keras", "xception", 96)
     with pytest.raises(FileNotFoundError, match="from_stages"):
         models.branch_backbone(tmp_path / "missing.keras", "xception", 80)
+
+
+def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
+    """No date, zip timestamp or memory address in a saved model (decision 010)."""
+    import time
+
+    paths = [tmp_path / "a.keras", tmp_path / "b.keras"]
+    for path in paths:
+        keras.utils.set_random_seed(3)
+        model = models.build_model("unet", 32, 8, "none", 64, 0.5, 0.0, None)
+        models.save_for_inference(model, path)
+        time.sleep(2.1)  # zip entries carry times in 2-second steps
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    loaded = keras.saving.load_model(paths[0], safe_mode=True, compile=False)
+    assert loaded.count_params() == model.count_params()

@@ -323,10 +323,13 @@ def save_for_inference(model: keras.Model, path: Path) -> None:
 
 def stable_archive(path: Path, add: dict[str, bytes] | None = None) -> None:
     """Rewrite a ``.keras`` archive so the same weights give the same bytes: every entry
-    dated 1980-01-01 and Keras's ``date_saved`` dropped from ``metadata.json`` (the weights
+    dated 1980-01-01, Keras's ``date_saved`` dropped from ``metadata.json`` (the weights
     file itself is already deterministic). ``add`` puts further entries in (the export's
-    metadata). Written to a temporary file and renamed, so a crash leaves the old one."""
+    metadata). Keras numbers shared objects in ``config.json`` by their ``id()`` in memory;
+    they are renumbered in order of appearance. Written to a temporary file and renamed,
+    so a crash leaves the old one."""
     import json
+    import re
     import zipfile
 
     path = Path(path)
@@ -336,6 +339,13 @@ def stable_archive(path: Path, add: dict[str, bytes] | None = None) -> None:
         meta = json.loads(entries["metadata.json"])
         meta.pop("date_saved", None)
         entries["metadata.json"] = json.dumps(meta).encode()
+    if "config.json" in entries:  # shared objects are numbered by id(): renumber 1, 2, ...
+        ids: dict[str, str] = {}
+        entries["config.json"] = re.sub(
+            rb'"shared_object_id": (\d+)',
+            lambda m: b'"shared_object_id": ' + ids.setdefault(m[1], str(len(ids) + 1)).encode(),
+            entries["config.json"],
+        )
     entries.update(add or {})
     tmp = path.with_name(path.name + ".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
