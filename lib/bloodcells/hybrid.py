@@ -8,7 +8,12 @@ from pathlib import Path
 from bloodcells.experiment import ensure_run, evaluate_run, read_run
 from bloodcells.models import HYBRID_BRANCHES, branch_backbone, build_hybrid, freeze_branches
 from bloodcells.paths import project_root, resolve
-from bloodcells.train import distribution_strategy, family_config, train_model
+from bloodcells.train import (
+    configure_tensorflow,
+    distribution_strategy,
+    family_config,
+    train_model,
+)
 
 KEY = "hybrid"
 
@@ -33,6 +38,7 @@ def train_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> di
     )
 
     def train(dirs: dict, data: dict):
+        configure_tensorflow(cfg)  # seeds first: the head's weights and dropout seeds
         branches = {}
         with distribution_strategy().scope():
             if entry["from_stages"]:
