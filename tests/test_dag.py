@@ -184,11 +184,23 @@ EDITS = [
 def test_an_edit_reruns_exactly_what_reads_it(rerun):
     """Each edit on the rerun copy: run the stages that resolve it (``params``, and for the
     data edits ``preprocess`` and ``inputs``), then ``dvc status`` names the stages that
-    would rerun. Undone (and the copy reset) before the next edit."""
+    would rerun. Undone before the next edit: ``git reset --hard`` (DVC stages ``dvc.lock`` as it
+    writes it) and ``dvc checkout``."""
     project, _ = rerun
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "rerun"],
+        [
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "rerun",
+        ],
         cwd=project,
         check=True,
     )
@@ -204,7 +216,7 @@ def test_an_edit_reruns_exactly_what_reads_it(rerun):
         assert not any(s.startswith(("train", "preprocess", "data")) for s in stale - expected)
         if name.startswith("a new cached size"):
             break  # the last edit: nothing to reset
-        subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)
+        subprocess.run(["git", "reset", "-q", "--hard", "HEAD"], cwd=project, check=True)
         dvc(project, "checkout", "--force")
         assert yaml.safe_load(dvc(project, "status", "--json")) == {}, f"after undoing {name}"
     (ROOT / "reports" / "dag_invalidation.md").write_text(

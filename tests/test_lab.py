@@ -128,7 +128,7 @@ def test_a_family_notebook_runs_in_jupyterlab_in_a_real_browser(smoke_project, t
         driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.='Run']").click()
         wait.until(
             ec.element_to_be_clickable(
-                (By.CSS_SELECTOR, "li.lm-Menu-item[data-command='notebook:run-all-cells']")
+                (By.CSS_SELECTOR, "li.lm-Menu-item[data-command='runmenu:run-all']")
             )
         ).click()
 

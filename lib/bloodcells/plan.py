@@ -49,6 +49,8 @@ def stage_params(params: dict) -> dict[str, dict]:
         },
     }
     split = {k: params["preprocess"][k] for k in SPLIT_KEYS}
+    # what the `inputs` stage reads: which sizes each family trains on, nothing else
+    out["sizes"] = {key: sizes_used(params, key) for key in params["models"]}
     for key, entry in params["models"].items():
         out[f"train-{key}"] = {
             "preprocess": split,
