@@ -91,6 +91,8 @@ def test_lab_starts_without_the_news_prompt(tmp_path):
             assert refused.code == 403
 
 
+RUN_MENU = "//li[contains(@class,'lm-MenuBar-item')][.='Run']"
+RUN_ALL = "li.lm-Menu-item[data-command='runmenu:run-all']"
 PROMPTS = (
     "return [...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
     ".map(e => e.textContent.trim())"
@@ -102,6 +104,7 @@ def test_a_family_notebook_runs_in_jupyterlab_in_a_real_browser(smoke_project, t
     """Open notebooks/03_unet.ipynb in headless Chromium on `make lab`'s server, run all
     cells (the Run menu), see the test accuracy the unet's DVC stage reported, save, and
     find the file byte for byte as it was (outputs stripped by the save hook)."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -115,35 +118,44 @@ def test_a_family_notebook_runs_in_jupyterlab_in_a_real_browser(smoke_project, t
     accuracy = pct(float((preds["test_probs"].argmax(axis=1) == preds["test_y"]).mean()))
     assert accuracy in (smoke_project / "reports/03_unet.html").read_text()  # the stage's
 
+    shots = ROOT / "reports" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     with lab_server(smoke_project, tmp_path) as (base, token), browser.chromium() as driver:
         driver.get(f"{base}/lab/tree/notebooks/03_unet.ipynb?token={token}")
-        wait = WebDriverWait(driver, 120)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".jp-Notebook .jp-CodeCell")))
-        wait.until(
-            lambda d: d.execute_script(
-                "const k = document.querySelector('.jp-Notebook-ExecutionIndicator');"
-                "return k && k.getAttribute('data-status') === 'idle';"
-            )
-        )
-        driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.='Run']").click()
-        wait.until(
-            ec.element_to_be_clickable(
-                (By.CSS_SELECTOR, "li.lm-Menu-item[data-command='runmenu:run-all']")
-            )
-        ).click()
+        wait = WebDriverWait(driver, 180, poll_frequency=1)
+
+        def kernel_idle(_) -> bool:  # the notebook's kernel started and waits for work
+            kernels = get_json(f"{base}/api/kernels", token)
+            return len(kernels) == 1 and kernels[0]["execution_state"] == "idle"
+
+        def run_all() -> None:
+            driver.find_element(By.XPATH, RUN_MENU).click()
+            wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, RUN_ALL))).click()
 
         def finished(d) -> bool:  # nothing queued or running, and the first cell ran
             prompts = d.execute_script(PROMPTS)
             return "[*]:" not in prompts and prompts[0] not in ("[ ]:", "")
 
-        WebDriverWait(driver, 600, poll_frequency=1).until(finished)
+        try:
+            wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".jp-CodeCell")))
+            wait.until(kernel_idle)
+            wait.until(lambda d: "Idle" in d.find_element(By.ID, "jp-main-statusbar").text)
+            run_all()
+            started = lambda d: any(p != "[ ]:" for p in d.execute_script(PROMPTS))  # noqa: E731
+            try:
+                WebDriverWait(driver, 60, poll_frequency=1).until(started)
+            except TimeoutException:  # the click came before the notebook took commands
+                run_all()
+            WebDriverWait(driver, 600, poll_frequency=1).until(finished)
+        except Exception:
+            driver.save_screenshot(str(shots / "lab_unet_failed.png"))
+            raise
         prompts = driver.execute_script(PROMPTS)
         text = driver.find_element(By.CSS_SELECTOR, ".jp-Notebook").text
         assert "Traceback" not in text, text[-3000:]
         assert all(p[1:-2].isdigit() for p in prompts), prompts  # every cell ran
         assert accuracy in text  # the same number the DVC stage's report shows
-        (ROOT / "reports" / "screenshots").mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(ROOT / "reports" / "screenshots" / "lab_unet.png"))
+        driver.save_screenshot(str(shots / "lab_unet.png"))
         saved_before = notebook.stat().st_mtime_ns
         driver.find_element(By.XPATH, "//li[contains(@class,'lm-MenuBar-item')][.='File']").click()
         wait.until(
