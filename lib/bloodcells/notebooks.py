@@ -36,7 +36,9 @@ def clean_notebook(nb: dict[str, Any]) -> dict[str, Any]:
 
 
 def dumps(nb: dict[str, Any]) -> str:
-    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+    """The notebook as Jupyter writes it (nbformat: keys sorted, indent 1, a final newline),
+    so saving a committed notebook in JupyterLab leaves its bytes, and DVC's hash, alone."""
+    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def pre_save_hook(model: dict, **_: Any) -> None:
