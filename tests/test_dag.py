@@ -49,13 +49,8 @@ def lock_hashes(project: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def rerun(smoke_rerun) -> tuple[Path, str]:
-    return smoke_rerun
-
-
-def test_every_stage_run_twice_gives_the_same_outputs(smoke_project, rerun):
-    project, log = rerun
+def test_every_stage_run_twice_gives_the_same_outputs(smoke_project, smoke_rerun):
+    project, log = smoke_rerun
     first, second = lock_hashes(smoke_project), lock_hashes(project)
     assert first.keys() == second.keys()
     assert log.count("Running stage") == len(
@@ -182,12 +177,12 @@ EDITS = [
 ]
 
 
-def test_an_edit_reruns_exactly_what_reads_it(rerun):
+def test_an_edit_reruns_exactly_what_reads_it(smoke_rerun):
     """Each edit on the rerun copy: run the stages that resolve it (``params``, and for the
     data edits ``preprocess`` and ``inputs``), then ``dvc status`` names the stages that
     would rerun. Undone before the next edit: ``git reset --hard`` (DVC stages ``dvc.lock`` as it
     writes it) and ``dvc checkout``."""
-    project, _ = rerun
+    project, _ = smoke_rerun
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(
         [

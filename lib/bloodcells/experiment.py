@@ -31,7 +31,6 @@ from bloodcells.paths import (
 from bloodcells.preprocess import load_split, manifest_hash
 from bloodcells.timing import (
     describe_machine,
-    hardware,
     read_timings,
     record_stage_time,
     record_timing,
@@ -116,7 +115,8 @@ def run_dirs(key: str, variant: str, tkey: str, root: Path) -> dict[str, Path]:
 def record_run_timing(key: str, name: str, info: dict, root: Path) -> None:
     """One run's minutes and images/s, with the machine and code that ran it, in
     ``metrics/timings/train-<key>.json`` (apart from the run's stable outputs)."""
-    machine = {"machine": describe_machine(hardware()), "provenance": run_provenance()}
+    prov = run_provenance()  # describes the hardware once, for both fields
+    machine = {"machine": describe_machine(prov["hardware"]), "provenance": prov}
     record_timing(f"train-{key}", name, {**info, **machine}, root)
 
 

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from bloodcells.config import load_params
-from bloodcells.paths import manifest_path, processed_dir, project_root, resolve
+from bloodcells.paths import manifest_path, processed_dir, project_root
 
 PARAMS_DIR = Path("build/params")
 INPUTS_DIR = Path("build/inputs")
@@ -118,11 +118,6 @@ def write_all(files: dict[str, dict], folder: Path) -> list[Path]:
     for stale in set(folder.glob("*.json")) - {folder / f"{n}.json" for n in files}:
         stale.unlink()
     return written
-
-
-def read(name: str, root: Path | None = None) -> dict:
-    """A resolved params file (``build/params/<name>.json``)."""
-    return json.loads(resolve(PARAMS_DIR / f"{name}.json", root).read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
