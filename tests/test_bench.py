@@ -68,6 +68,11 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     assert sum(r.what.startswith("CV fold") for r in runs) == cnn["cv_folds"]
     assert sum(r.what.startswith("shuffling") for r in runs) == 2 * len(cnn["shuffling_seeds"])
     assert [r.what for r in runs if r.key == "resnet50"] == ["resnet50 (sgd)", "resnet50 (rmsprop)"]
+    smote = params | {
+        "models": params["models"] | {"unet": params["models"]["unet"] | {"balance": "smote"}}
+    }
+    grown = next(r for r in estimate.plan(smote, 700, 170) if r.key == "unet")
+    assert grown.train == round(700 * estimate.SMOTE_GROWTH) > 700  # SMOTE grows the split
     assert {r.stage for r in runs} == {
         "cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2",
         "inceptionv3", "xception", "hybrid", "supcon",
@@ -81,7 +86,15 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     monkeypatch.setattr(estimate, "calibrate", fake)
     monkeypatch.setattr(estimate, "split_sizes", lambda params, root: (700, 170, 380))
     out = estimate.estimate(params, tmp_path, tmp_path / "cache.json")
-    expected = sum(r.epochs * (r.views * r.train / 100 + r.val / 400) for r in runs)
+    hybrid = next(r for r in runs if r.key == "hybrid")
+    assert hybrid.frozen_epochs == params["models"]["hybrid"]["frozen_epochs"] > 0
+    # frozen epochs cost forward passes only; validation costs inference every epoch
+    expected = sum(
+        (r.epochs - r.frozen_epochs) * r.views * r.train / 100
+        + r.frozen_epochs * r.train / 400
+        + r.epochs * r.val / 400
+        for r in runs
+    )
     assert out["total_seconds"] == pytest.approx(expected)
     assert len(calls) < len(runs)  # configurations shared between runs are calibrated once
     calls.clear()

@@ -39,7 +39,7 @@ def test_unknown_key_in_a_profile_names_the_key(tmp_path):
 
 def test_unknown_profile(tmp_path):
     path = write(tmp_path, lambda r: r.update(profile="gpu"))
-    with pytest.raises(ParamsError, match="'profile' must be one of smoke, cpu, paper"):
+    with pytest.raises(ParamsError, match="'profile' must be one of smoke, cpu, overnight, paper"):
         load_params(path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import keras
@@ -308,3 +309,66 @@ def test_one_device_uses_the_default_strategy():
 
     if len(tf.config.list_logical_devices("GPU")) < 2:
         assert train.distribution_strategy().num_replicas_in_sync == 1
+
+
+def test_cv_inner_split_is_stratified_and_leaves_the_held_fold_alone(built):
+    manifest = built[0]
+    part = manifest[manifest["split"].isin(["train", "val"])]
+    y = part["label"].to_numpy()
+    held = part["fold"].to_numpy() == 0
+    fit, inner = experiment.inner_split(y, ~held, 0.25, seed=1)
+    assert not (fit & held).any() and not (inner & held).any() and not (fit & inner).any()
+    assert (fit | inner | held).all()
+    assert abs(inner.sum() - 0.25 * (~held).sum()) <= 1
+    # every class of the training folds that can lend an image to the inner split does
+    for label in np.unique(y[~held]):
+        if (y[~held] == label).sum() >= 4:
+            assert (y[inner] == label).any(), label
+
+
+def _phase_model():
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten()]
+    )
+    model.add(keras.layers.Dense(16, activation="relu", name="base"))
+    model.add(keras.layers.Dense(8, activation="softmax", name="head"))
+    return model
+
+
+@pytest.mark.parametrize("winner", ["joint", "frozen"])
+def test_hybrid_scores_the_weights_of_the_phase_it_selects(
+    smoke_params, arrays, tmp_path, monkeypatch, winner
+):
+    """Each phase keeps its own best weights; the phase chosen on validation is returned.
+
+    The validation accuracies are planted so that either phase wins; the joint phase's
+    weights must survive phase 2 (which once trained the joint model in place)."""
+    from bloodcells import hybrid
+
+    trained = {}
+    real = hybrid.train_model
+
+    def planted(cfg, *args, **kwargs):
+        result = real(cfg, *args, **kwargs)
+        phase = "frozen" if "frozen" in str(args[4]) else "joint"
+        trained[phase] = [w.copy() for w in result.model.get_weights()]
+        history = result.history.copy()
+        history["val_accuracy"] = 0.9 if phase == winner else 0.1
+        return dataclasses.replace(result, history=history)
+
+    def freeze(model):
+        model.get_layer("base").trainable = False
+        return model
+
+    monkeypatch.setattr(hybrid, "train_model", planted)
+    cfg = train.family_config(smoke_params, "cnn", epochs=1, deterministic=False)
+    cfg = dataclasses.replace(cfg, learning_rate=0.05)
+    dirs = {"work": tmp_path / "work", "live": tmp_path / "live"}
+    chosen, phases = hybrid.train_phases(cfg, cfg, _phase_model(), arrays, dirs, 0, freeze)
+    assert phases["selected_phase"] == winner
+    got = chosen.model.get_weights()
+    other = "frozen" if winner == "joint" else "joint"
+    for a, b in zip(got, trained[winner], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(got, trained[other], strict=True))
+    assert len(chosen.history) == 2  # both phases' epochs in the record

@@ -18,7 +18,7 @@ import yaml
 
 from bloodcells.paths import project_root
 
-PROFILES = ("smoke", "cpu", "paper")
+PROFILES = ("smoke", "cpu", "overnight", "paper")
 
 
 class ParamsError(ValueError):

@@ -25,6 +25,9 @@ from bloodcells.config import load_params
 from bloodcells.paths import manifest_path, project_root
 from bloodcells.timing import describe_machine, hardware
 
+#: SMOTE oversamples every class to the largest: the training split grows about 1.7x here
+SMOTE_GROWTH = 1.7
+
 #: images the published dataset keeps after cleaning (README, Data): train / val / test
 FULL_SPLIT = (9_560, 2_391, 5_123)
 
@@ -41,6 +44,7 @@ class Run:
     train: int
     val: int
     views: int = 1  # SupCon trains on two views of each image
+    frozen_epochs: int = 0  # epochs with every base frozen: forward passes only
 
     def config(self, params: dict, **extra):
         """The TrainConfig this run trains with."""
@@ -80,11 +84,14 @@ def plan(params: dict, n_train: int, n_val: int) -> list[Run]:
     if cnn.get("cv_folds"):
         k = int(cnn["cv_folds"])
         # SMOTE oversamples every class to the largest (about 1.7x the training folds here)
-        grow = 1.7 if cnn.get("cv_balance") == "smote" else 1.0
+        grow = SMOTE_GROWTH if cnn.get("cv_balance") == "smote" else 1.0
         over = (("image_size", cnn["cv_image_size"]), ("conv_widths", cnn.get("cv_conv_widths")))
+        inner = round(part * (k - 1) / k * float(cnn.get("cv_inner_val", 0.1)))
         for fold in range(k):
-            train = round(part * (k - 1) / k * grow)
-            runs.append(Run("cnn", f"CV fold {fold + 1}", "cnn", over, cnn["cv_epochs"], train, 0))
+            train = round((part * (k - 1) / k - inner) * grow)
+            runs.append(
+                Run("cnn", f"CV fold {fold + 1}", "cnn", over, cnn["cv_epochs"], train, inner)
+            )
     seeds = cnn.get("shuffling_seeds") or []
     over = (
         ("image_size", cnn.get("shuffling_image_size")),
@@ -106,8 +113,11 @@ def plan(params: dict, n_train: int, n_val: int) -> list[Run]:
     for key in ("inceptionv3", "xception"):
         runs += _family_runs(models, key, n_train, n_val)
     hybrid = models["hybrid"]
-    epochs = int(hybrid["epochs"]) + int(hybrid.get("frozen_epochs", 0))
-    runs.append(Run("hybrid", "joint + frozen phases", "hybrid", (), epochs, n_train, n_val))
+    frozen = int(hybrid.get("frozen_epochs", 0))
+    runs.append(
+        Run("hybrid", "joint + frozen phases", "hybrid", (), int(hybrid["epochs"]) + frozen,
+            n_train, n_val, frozen_epochs=frozen)
+    )  # fmt: skip
     sup = models["supcon"]
     runs.append(
         Run("supcon", "contrastive pre-training", "supcon", (), sup["epochs"], n_train, n_val, 2)
@@ -121,8 +131,9 @@ def plan(params: dict, n_train: int, n_val: int) -> list[Run]:
 
 def _family_runs(models: dict, key: str, n_train: int, n_val: int) -> list[Run]:
     entry = models[key]
+    train = round(n_train * SMOTE_GROWTH) if entry.get("balance") == "smote" else n_train
     return [
-        Run(key, f"{key} ({opt})", key, (), int(entry["epochs"]), n_train, n_val)
+        Run(key, f"{key} ({opt})", key, (), int(entry["epochs"]), train, n_val)
         for opt in entry.get("optimizers") or ["adam"]
     ]
 
@@ -176,8 +187,11 @@ def estimate(params: dict, root: Path | None = None, cache: Path | None = None) 
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(known, indent=1))
         speed = known[key]
-        seconds = run.epochs * (
-            run.views * run.train / speed["train"] + run.val / speed["inference"]
+        trained = run.epochs - run.frozen_epochs
+        seconds = (
+            trained * run.views * run.train / speed["train"]
+            + run.frozen_epochs * run.train / speed["inference"]
+            + run.epochs * run.val / speed["inference"]
         )
         rows.append(
             {

@@ -208,9 +208,7 @@ def save_run(
         "balance": cfg.balance,
         "seed": cfg.seed,
         "train_images": result.train_size,
-        "best_epoch": int(history["val_accuracy"].idxmax()) + 1
-        if "val_accuracy" in history
-        else None,
+        "best_epoch": best_epoch(history),
         "train_accuracy_last": float(history["accuracy"].iloc[-1])
         if "accuracy" in history
         else None,
@@ -385,11 +383,36 @@ def training_part(size: int, root: Path) -> tuple[np.ndarray, np.ndarray, np.nda
     return x, y, folds
 
 
+def best_epoch(history: pd.DataFrame) -> int | None:
+    """The epoch (from 1) whose weights a run kept: the best validation accuracy."""
+    return int(history["val_accuracy"].idxmax()) + 1 if "val_accuracy" in history else None
+
+
+def inner_split(
+    y: np.ndarray, part: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (fit, inner validation) over ``y``: a stratified ``fraction`` of the rows in
+    ``part`` held out for choosing the epoch; rows outside ``part`` are in neither."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.flatnonzero(part)
+    fit_rows, val_rows = train_test_split(
+        rows, test_size=fraction, stratify=y[rows], random_state=seed
+    )
+    fit = np.zeros(len(y), bool)
+    inner = np.zeros(len(y), bool)
+    fit[fit_rows] = True
+    inner[val_rows] = True
+    return fit, inner
+
+
 def cross_validate(params: dict, key: str, root: Path | None = None) -> dict:
     """Stratified k-fold CV over the training part (the paper's Table 1).
 
     Each fold trains on the other folds (oversampled with ``cv_balance`` — SMOTE in the
-    paper — inside the training folds only) and is scored on its held-out fold.
+    paper — inside the training folds only), picks its epoch on an inner validation split of
+    those training folds (``cv_inner_val``, stratified), and scores its held-out fold once:
+    the held-out fold steers nothing.
     """
     root = root or project_root()
     entry = params["models"][key]
@@ -402,6 +425,7 @@ def cross_validate(params: dict, key: str, root: Path | None = None) -> dict:
         **_widths(entry, key, "cv_conv_widths", entry["cv_image_size"]),
     )
     n_folds = int(entry["cv_folds"])
+    inner_val = float(entry.get("cv_inner_val", 0.1))
 
     def compute() -> dict:
         x, y, folds = training_part(cfg.image_size, root)
@@ -414,11 +438,20 @@ def cross_validate(params: dict, key: str, root: Path | None = None) -> dict:
         rows = []
         for k in range(n_folds):
             held = folds == k
+            fit, inner = inner_split(y, ~held, inner_val, cfg.seed + k)
             result = _train_arrays(
-                key, f"cv_fold{k}", cfg, (x[~held], y[~held]), (x[held], y[held]), root
+                key, f"cv_fold{k}", cfg, (x[fit], y[fit]), (x[inner], y[inner]), root
             )
             probs, _ = predict_proba(result.model, x[held])
-            rows.append({"fold": k, **_scores(y[held], probs), "train_images": result.train_size})
+            rows.append(
+                {
+                    "fold": k,
+                    **_scores(y[held], probs),
+                    "best_epoch": best_epoch(result.history),
+                    "train_images": result.train_size,
+                    "inner_val_images": int(inner.sum()),
+                }
+            )
         acc = np.array([r["accuracy"] for r in rows])
         f1 = np.array([r["macro_f1"] for r in rows])
         return {
@@ -431,9 +464,10 @@ def cross_validate(params: dict, key: str, root: Path | None = None) -> dict:
             "epochs": cfg.epochs,
             "balance": cfg.balance,
             "conv_widths": cfg.conv_widths,
+            "inner_val": inner_val,
         }
 
-    tkey = training_key(cfg, root, study="cv", folds=n_folds)
+    tkey = training_key(cfg, root, study="cv", folds=n_folds, inner_val=inner_val)
     return keyed(resolve(Path("models") / key / "cv.json", root), tkey, compute)
 
 

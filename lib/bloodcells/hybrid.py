@@ -9,6 +9,8 @@ from bloodcells.experiment import ensure_run, evaluate_run, read_run
 from bloodcells.models import HYBRID_BRANCHES, branch_backbone, build_hybrid, freeze_branches
 from bloodcells.paths import project_root, resolve
 from bloodcells.train import (
+    TrainConfig,
+    TrainResult,
     configure_tensorflow,
     distribution_strategy,
     family_config,
@@ -53,44 +55,12 @@ def train_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> di
             model = build_hybrid(
                 cfg.image_size, 8, cfg.weights, cfg.dense_units, cfg.dropout, branches
             )
-        (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
-        joint = train_model(
-            cfg,
-            x_tr,
-            y_tr,
-            x_val,
-            y_val,
-            dirs["work"] / "joint",
-            dirs["live"] / "joint",
-            model=model,
-            verbose=verbose,
-        )
-        frozen = train_model(
-            cfg2,
-            x_tr,
-            y_tr,
-            x_val,
-            y_val,
-            dirs["work"] / "frozen",
-            dirs["live"] / "frozen",
-            model=freeze_branches(joint.model),
-            verbose=verbose,
-        )
-        best_joint = float(joint.history["val_accuracy"].max())
-        best_frozen = float(frozen.history["val_accuracy"].max())
-        phase = "frozen" if best_frozen >= best_joint else "joint"
-        chosen = dataclasses.replace(
-            frozen if phase == "frozen" else joint,
-            seconds=joint.seconds + frozen.seconds,
-            history=_concat_phases(joint.history, frozen.history),
-        )
+        chosen, phases = train_phases(cfg, cfg2, model, data, dirs, verbose)
         extra = {
             "from_stages": bool(entry["from_stages"]),
             "joint_epochs": cfg.epochs,
             "frozen_epochs": cfg2.epochs,
-            "selected_phase": phase,
-            "val_accuracy_joint": best_joint,
-            "val_accuracy_frozen": best_frozen,
+            **phases,
         }
         return chosen, extra
 
@@ -105,6 +75,50 @@ def train_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> di
         from_stages=bool(entry["from_stages"]),
         branches=branch_keys,
     )
+
+
+def train_phases(
+    cfg: TrainConfig,
+    cfg2: TrainConfig,
+    model,
+    data: dict,
+    dirs: dict,
+    verbose: int = 2,
+    freeze=freeze_branches,
+) -> tuple[TrainResult, dict]:
+    """The two phases: ``cfg.epochs`` joint, then ``cfg2.epochs`` with ``freeze`` applied.
+
+    Phase 2 trains a copy of the joint phase's selected model, so each phase keeps its own
+    best-validation weights; the phase with the better validation accuracy is returned (its
+    model is the one scored and saved), with its record.
+    """
+    import keras
+
+    (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+    joint = train_model(
+        cfg, x_tr, y_tr, x_val, y_val, dirs["work"] / "joint", dirs["live"] / "joint",
+        model=model, verbose=verbose,
+    )  # fmt: skip
+    with distribution_strategy().scope():
+        copy = keras.models.clone_model(joint.model)
+        copy.set_weights(joint.model.get_weights())
+    frozen = train_model(
+        cfg2, x_tr, y_tr, x_val, y_val, dirs["work"] / "frozen", dirs["live"] / "frozen",
+        model=freeze(copy), verbose=verbose,
+    )  # fmt: skip
+    best_joint = float(joint.history["val_accuracy"].max())
+    best_frozen = float(frozen.history["val_accuracy"].max())
+    phase = "frozen" if best_frozen > best_joint else "joint"
+    chosen = dataclasses.replace(
+        frozen if phase == "frozen" else joint,
+        seconds=joint.seconds + frozen.seconds,
+        history=_concat_phases(joint.history, frozen.history),
+    )
+    return chosen, {
+        "selected_phase": phase,
+        "val_accuracy_joint": best_joint,
+        "val_accuracy_frozen": best_frozen,
+    }
 
 
 def run_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> dict:

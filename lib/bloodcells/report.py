@@ -116,7 +116,9 @@ def cv_summary(cv: dict) -> str:
     paper = PAPER_TEST_ACCURACY["cnn"]["cv_smote_128px"]
     return (
         f"{len(cv['folds'])}-fold stratified cross-validation ({cv['balance']} inside the "
-        f"training folds, {cv['image_size']} px, {cv['epochs']} epoch(s) per fold): accuracy "
+        f"training folds, {cv['image_size']} px, {cv['epochs']} epoch(s) per fold, the epoch "
+        f"chosen on a {100 * cv.get('inner_val', 0):.0f}% inner validation split of the "
+        f"training folds, each held-out fold scored once): accuracy "
         f"**{pct(cv['accuracy_mean'])} ± {100 * cv['accuracy_sd']:.2f}** (mean ± sd over folds), "
         f"macro-F1 {pct(cv['macro_f1_mean'])} ± {100 * cv['macro_f1_sd']:.2f}. "
         f"The paper reports {paper:.2f}% for its 5-fold CV with SMOTE at 128x128 "
