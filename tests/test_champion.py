@@ -47,48 +47,56 @@ class OrientationModel:
 
 
 def test_champion_scores_tta_and_ensemble_on_test_after_choosing_on_val():
+    """Validation and test are planted to disagree: every choice must follow validation."""
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, 8, dtype=np.uint8)[None, :, None, None] * np.ones(
         (1, 1, 8, 3), np.uint8
     )
     x = np.repeat(ramp, 40, axis=0) + rng.integers(0, 3, (40, 8, 8, 3), dtype=np.uint8)
     y = np.zeros(40, dtype=int)
-    probs = np.tile([[0.6, 0.4, 0.0]], (40, 1))
+    right = np.tile([[0.6, 0.4, 0.0]], (40, 1))  # saved predictions: class 0, correct
+    wrong = np.tile([[0.4, 0.6, 0.0]], (40, 1))  # class 1, wrong
     runs = [
         {
             "variant": name,
             "key": name,
             "weights": weights,
             "image_size": 8,
-            "val_accuracy": acc,
+            "val_accuracy": val_acc,
+            "test": {"accuracy": test_acc},  # planted the other way round: never consulted
             "inference_images_per_second": 100.0,
-            "predictions": {"val_probs": probs, "val_y": y, "test_probs": probs, "test_y": y},
+            "predictions": {"val_probs": right, "val_y": y, "test_probs": wrong, "test_y": y},
         }
-        for name, weights, acc in (
-            ("m1", "none", 0.9),
-            ("m2", "none", 0.8),
-            ("pre", "imagenet", 1.0),
+        for name, weights, val_acc, test_acc in (
+            ("m1", "none", 0.8, 0.99),
+            ("m2", "none", 0.9, 0.50),
+            ("m3", "none", 0.7, 1.00),
+            ("pre", "imagenet", 1.0, 1.00),
         )
     ]
     out = champion.build_champion(
         runs,
         {8: {"val": x, "test": x}},
         lambda run: OrientationModel(),
-        candidates=3,
+        candidates=2,
         n_bootstrap=50,
     )
-    assert out["candidates"] == ["m1", "m2"]  # from scratch only, best validation first
+    assert out["candidates"] == ["m2", "m1"]  # from scratch only, best validation first
     single, tta = out["rows"][:2]
-    assert single["test_accuracy"] == 1.0  # the saved predictions, argmax class 0
+    assert single["name"] == "m2"
+    assert single["val_accuracy"] == 1.0 and single["test_accuracy"] == 0.0
     # TTA is the mean of the model's outputs over the 8 dihedral views
     views = [OrientationModel()(champion.dihedral(x, v)) for v in range(8)]
     assert np.allclose(tta["test_probs"], np.mean(views, axis=0))
     assert 0 < tta["test_accuracy"] < 1  # turned views vote for class 1
-    # m1 and m2 are the same model: adding m2 cannot lower the validation log-loss, so the
-    # greedy ensemble keeps m1 alone and no "ensemble" row repeats the TTA row
-    assert len(out["rows"]) == 2 and tta["members"] == ["m1"]
-    assert out["chosen"] in {r["name"] for r in out["rows"]}
+    assert tta["val_accuracy"] < 1
+    # the single model wins on validation and loses on test: validation decides
+    assert out["chosen"] == "m2"
+    # m1 and m2 are the same model: adding m1 cannot lower the validation log-loss, so the
+    # greedy ensemble keeps m2 alone and no "ensemble" row repeats the TTA row
+    assert len(out["rows"]) == 2 and tta["members"] == ["m2"]
     summary = champion.champion_summary(out)
-    assert "test_probs" not in summary and summary["candidates"] == ["m1", "m2"]
+    assert "test_probs" not in summary and summary["candidates"] == ["m2", "m1"]
+    assert summary["test_accuracy"] == 0.0
     table = champion.champion_table(out)
-    assert list(table["chosen on validation"]).count("yes") == 1
+    assert list(table["chosen on validation"]) == ["yes", ""]

@@ -1,0 +1,113 @@
+"""The comparison's statistics against references: McNemar and Holm against statsmodels,
+temperature scaling against a known temperature and a brute-force search, the reliability
+curve and ECE against hand-computed bins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.multitest import multipletests
+
+from bloodcells.calibration import apply_temperature, fit_temperature, reliability_curve
+from bloodcells.compare import holm, mcnemar
+from bloodcells.evaluate import expected_calibration_error
+
+
+def paired(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness of models A and B on the same images, from a 2 x 2 table."""
+    a = np.array([1] * both + [1] * only_a + [0] * only_b + [0] * neither, bool)
+    b = np.array([1] * both + [0] * only_a + [1] * only_b + [0] * neither, bool)
+    order = np.random.default_rng(both + only_a).permutation(len(a))
+    return a[order], b[order]
+
+
+@pytest.mark.parametrize(
+    "table",
+    [(5000, 0, 0, 100), (5000, 1, 9, 100), (4800, 40, 20, 263), (4900, 17, 17, 189), (10, 0, 6, 3)],
+)
+def test_mcnemar_matches_statsmodels_exact(table):
+    both, only_a, only_b, neither = table
+    a, b = paired(*table)
+    got_a, got_b, p = mcnemar(a, b)
+    assert (got_a, got_b) == (only_a, only_b)
+    reference = sm_mcnemar([[both, only_a], [only_b, neither]], exact=True).pvalue
+    assert p == pytest.approx(reference, rel=1e-9, abs=1e-12)
+
+
+def test_mcnemar_by_hand():
+    # 1 against 9 discordant pairs: p = 2 * P(X <= 1), X ~ Binomial(10, 1/2) = 2 * 11 / 1024
+    assert mcnemar(*paired(100, 1, 9, 5))[2] == pytest.approx(22 / 1024)
+
+
+def test_holm_matches_statsmodels():
+    rng = np.random.default_rng(3)
+    for m in (1, 2, 5, 10, 45):
+        p = rng.uniform(0, 0.2, m).tolist()
+        reference = multipletests(p, method="holm")[1]
+        np.testing.assert_allclose(holm(p), reference, rtol=1e-12)
+    # R's p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm")
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("true_t", [0.5, 2.5])
+def test_temperature_recovers_a_planted_temperature(true_t):
+    """Labels drawn from softmax(z); the model reports softmax(z / true_t): fitting must
+    find true_t back (it divides the log-probabilities by T)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2.0, (20000, 8))
+    y = np.array([rng.choice(8, p=p) for p in softmax(z)])
+    reported = softmax(z / true_t)
+    t = fit_temperature(reported, y)
+    assert t == pytest.approx(1 / true_t, rel=0.05)
+    np.testing.assert_allclose(apply_temperature(reported, 1 / true_t), softmax(z), atol=1e-9)
+
+    def nll(temp: float) -> float:
+        p = apply_temperature(reported, temp)
+        return float(-np.log(p[np.arange(len(y)), y]).mean())
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 2001))
+    best = grid[np.argmin([nll(g) for g in grid])]
+    assert t == pytest.approx(best, rel=0.01)  # the bounded search finds the grid minimum
+
+
+def test_temperature_one_keeps_probabilities():
+    p = softmax(np.random.default_rng(1).normal(size=(50, 8)))
+    np.testing.assert_allclose(apply_temperature(p, 1.0), p, atol=1e-12)
+
+
+def test_reliability_curve_and_ece_by_hand():
+    # 4 bins of width 0.25. Confidences 0.3, 0.3 (bin 2), 0.6 (bin 3), 0.9, 0.95 (bin 4).
+    top = np.array([0.3, 0.3, 0.6, 0.9, 0.95])
+    probs = np.zeros((5, 4))
+    probs[:, 0] = top
+    probs[:, 1:] = ((1 - top) / 3)[:, None]
+    y = np.array([0, 1, 0, 0, 2])  # right, wrong, right, right, wrong
+    curve = reliability_curve(y, probs, n_bins=4)
+    assert curve["count"].tolist() == [2, 1, 2]
+    np.testing.assert_allclose(curve["confidence"], [0.3, 0.6, 0.925])
+    np.testing.assert_allclose(curve["accuracy"], [0.5, 1.0, 0.5])
+    ece = (2 * abs(0.5 - 0.3) + 1 * abs(1.0 - 0.6) + 2 * abs(0.5 - 0.925)) / 5
+    assert expected_calibration_error(y, probs, n_bins=4) == pytest.approx(ece)
+
+
+def test_calibrated_predictions_lie_on_the_diagonal():
+    rng = np.random.default_rng(2)
+    probs = softmax(rng.normal(0, 2.0, (40000, 8)))
+    y = np.array([rng.choice(8, p=p) for p in probs])  # labels drawn from the predictions
+    curve = reliability_curve(y, probs)
+    full = curve[curve["count"] > 1000]
+    np.testing.assert_allclose(full["accuracy"], full["confidence"], atol=0.03)
+    assert expected_calibration_error(y, probs) < 0.02
+    # the same labels, reported overconfidently: accuracy falls below confidence
+    sharp = apply_temperature(probs, 0.5)
+    assert expected_calibration_error(y, sharp) > 0.05
+    assert (
+        reliability_curve(y, sharp)["accuracy"] <= reliability_curve(y, sharp)["confidence"] + 0.01
+    ).all()
