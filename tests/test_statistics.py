@@ -111,3 +111,25 @@ def test_calibrated_predictions_lie_on_the_diagonal():
     assert (
         reliability_curve(y, sharp)["accuracy"] <= reliability_curve(y, sharp)["confidence"] + 0.01
     ).all()
+
+
+def test_mcnemar_pairs_are_the_leaders_on_validation():
+    """Planted: the best on validation are the worst on test; validation picks the pairs."""
+    from bloodcells.compare import pairwise_mcnemar, selected
+
+    y = np.arange(100) % 8
+
+    def run(name, val, test):
+        right = np.random.default_rng(len(name)).random(100) < test
+        pred = np.where(right, y, (y + 1) % 8)
+        return {
+            "variant": name,
+            "val_accuracy": val,
+            "test": {"accuracy": float(right.mean())},
+            "predictions": {"test_y": y, "test_probs": np.eye(8)[pred]},
+        }
+
+    runs = [run("a", 0.9, 0.5), run("bb", 0.8, 0.6), run("ccc", 0.7, 0.99)]
+    table = pairwise_mcnemar(runs, top=2)
+    assert table[["model A", "model B"]].values.tolist() == [["a", "bb"]]
+    assert selected(runs)["variant"] == "a"

@@ -12,7 +12,7 @@ from scipy.stats import binomtest
 
 from bloodcells.paper import PAPER_LABEL, paper_accuracy
 from bloodcells.paths import CLASSES, project_root, resolve
-from bloodcells.report import ci
+from bloodcells.report import chosen_on_validation, ci
 
 FAMILY_ORDER = (
     "cnn",
@@ -50,7 +50,7 @@ def comparison_table(runs: list[dict]) -> pd.DataFrame:
     rows = []
     for r in runs:
         t = r["test"]
-        paper = paper_accuracy(r["key"], r["variant"].removeprefix(f"{r['key']}_"))
+        paper = paper_accuracy(r["key"], r["variant"])
         rows.append(
             {
                 "model": r["variant"],
@@ -94,8 +94,9 @@ def holm(pvalues: list[float]) -> list[float]:
 
 
 def pairwise_mcnemar(runs: list[dict], top: int = 5, alpha: float = 0.05) -> pd.DataFrame:
-    """McNemar tests between the ``top`` models on the same test images, Holm-corrected."""
-    leaders = sorted(runs, key=lambda r: -r["test"]["accuracy"])[:top]
+    """McNemar tests between the ``top`` models by validation accuracy (chosen on validation,
+    tested on the same test images), Holm-corrected."""
+    leaders = sorted(runs, key=lambda r: -r["val_accuracy"])[:top]
     y = leaders[0]["predictions"]["test_y"]
     correct = {}
     for r in leaders:
@@ -137,7 +138,7 @@ def top_confusions(runs: list[dict], n: int = 8) -> pd.DataFrame:
 
 def selected(runs: list[dict]) -> dict:
     """The model chosen on the validation split (best validation accuracy)."""
-    return max(runs, key=lambda r: r["val_accuracy"])
+    return chosen_on_validation(runs)
 
 
 def summary(runs: list[dict], tests: pd.DataFrame, champion: dict | None = None) -> dict:
