@@ -158,6 +158,7 @@ EDITS = [
             "report-hybrid",
             "report-supcon",
             "compare",
+            "generalisation",
             "site",  # the preprocessing report it links changed
         },
     ),

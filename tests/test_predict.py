@@ -141,3 +141,106 @@ def test_model_card(exported):
     assert "<th>class</th>" in page and "border-collapse" in page  # styled like index.html
     # a paragraph wrapped over several source lines is one paragraph
     assert re.search(r"<p>[^<]*one laboratory[^<]*\nscanner", page)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("Neutrophil", "neutrophil"),
+        ("NEUTROPHIL", "neutrophil"),
+        ("neutrophils", "neutrophil"),
+        ("SNE", "neutrophil"),
+        ("Lymphocytes", "lymphocyte"),
+        ("immature_granulocytes", "ig"),
+        ("IG", "ig"),
+        ("Thrombocytes", "platelet"),
+        ("eos", "eosinophil"),
+        ("NRBC", "erythroblast"),
+        ("mono-cytes", None),
+    ],
+)
+def test_external_class_names_map_onto_pbc(name, cls):
+    from bloodcells import external
+
+    if cls is None:
+        with pytest.raises(ValueError, match=r"'mono-cytes' matches none.*neutrophil: neutrophil"):
+            external.class_of(name)
+    else:
+        assert external.class_of(name) == cls
+
+
+def _lab_folder(files, tmp_path):
+    """A folder as another lab might send it: its own class names, formats and sizes."""
+    spelling = {"neutrophil": "SNE", "lymphocyte": "Lymphocytes", "eosinophil": "EOSINOPHIL"}
+    formats = [("png", None), ("bmp", None), ("tiff", (100, 90)), ("jpg", (400, 400))]
+    lab = tmp_path / "lab"
+    n = 0
+    for f in files:
+        cls = f.parent.name
+        if cls not in spelling:
+            continue
+        ext, size = formats[n % len(formats)]
+        out = lab / spelling[cls] / f"{f.stem}.{ext}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(f) as im:
+            (im.resize(size) if size else im).convert("RGB").save(out)
+        n += 1
+    (lab / "SNE" / "broken.png").write_bytes(b"not an image")
+    return lab
+
+
+def test_external_folder_is_scored_on_its_classes(exported, tmp_path, capsys):
+    from bloodcells import external
+
+    path, files, _ = exported
+    lab = _lab_folder(files, tmp_path)
+    code = external.main([str(path), str(lab), "--json", str(tmp_path / "s.json")])
+    assert code == 0
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["classes_present"] == ["eosinophil", "lymphocyte", "neutrophil"]
+    assert [e["file"].endswith("broken.png") for e in result["errors"]] == [True]
+    model, meta = export.load_exported(path)
+    good = [p for p in sorted(lab.rglob("*.*")) if p.name != "broken.png"]
+    assert result["images"] == len(good)
+    # the same numbers from the model's own probabilities on the same files
+    probs = {p: pr for p, pr, _ in predict.predict_files(model, meta, good, 16, progress=False)}
+    names = {"SNE": "neutrophil", "Lymphocytes": "lymphocyte", "EOSINOPHIL": "eosinophil"}
+    y = np.array([external.CLASSES.index(names[p.parent.name]) for p in good])
+    p = np.stack([probs[f] for f in good])
+    assert result["all_classes"]["accuracy"] == pytest.approx(float((p.argmax(1) == y).mean()))
+    idx = [external.CLASSES.index(c) for c in result["classes_present"]]
+    restricted = np.array(idx)[p[:, idx].argmax(1)]
+    assert result["present_classes"]["accuracy"] == pytest.approx(float((restricted == y).mean()))
+    assert result["present_classes"]["accuracy"] >= result["all_classes"]["accuracy"]
+    assert "argmax over the classes present" in capsys.readouterr().out
+
+
+def test_external_folder_errors_name_the_problem(exported, tmp_path, capsys):
+    from bloodcells import external
+
+    path, _, _ = exported
+    (tmp_path / "odd" / "Myeloblast").mkdir(parents=True)
+    assert external.main([str(path), str(tmp_path / "odd")]) == 2
+    assert "'Myeloblast' matches none" in capsys.readouterr().err
+    assert external.main([str(path), str(tmp_path / "missing")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_restricted_scores_by_hand():
+    from bloodcells import external
+
+    y = np.array([6, 6, 4])  # neutrophil, neutrophil, lymphocyte
+    probs = np.zeros((3, 8))
+    probs[0, 6] = 1.0  # right
+    probs[1, [7, 4]] = [0.6, 0.4]  # platelet (absent class) first, then lymphocyte
+    probs[2, 4] = 1.0  # right
+    s = external.scores(y, probs, ["lymphocyte", "neutrophil"])
+    assert s["all_classes"]["accuracy"] == pytest.approx(2 / 3)
+    assert s["all_classes"]["per_class_recall"] == {"lymphocyte": 1.0, "neutrophil": 0.5}
+    assert s["present_classes"]["accuracy"] == pytest.approx(2 / 3)  # 4 is wrong too
+    assert s["present_classes"]["balanced_accuracy"] == pytest.approx(0.75)
+    probs[1, 4] = 0.0  # now the only present class with any probability is neutrophil
+    probs[1, 6] = 0.1
+    assert external.scores(y, probs, ["lymphocyte", "neutrophil"])["present_classes"][
+        "accuracy"
+    ] == pytest.approx(1.0)

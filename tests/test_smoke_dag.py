@@ -50,6 +50,8 @@ def test_every_stage_ran_and_left_its_outputs(smoke_project):
         "metrics/timings/train-cnn.json",
         "models/cnn/cv.json",
         "models/supcon/supcon/embeddings.npz",
+        "reports/13_generalisation.html",
+        "metrics/generalisation.json",
         "dvc.lock",
     ):
         assert (smoke_project / out).is_file(), out
@@ -223,3 +225,28 @@ def test_exported_best_model_predicts_from_the_command_line(smoke_project, sampl
     assert run.returncode == 0, run.stderr
     data = json.loads((smoke_project / "predictions.json").read_text())
     assert len(data["predictions"]) == len(list((sample_dir / "platelet").iterdir()))
+
+
+def test_generalisation_report_shows_every_model_under_every_shift(smoke_project):
+    from bloodcells import shift
+
+    html = (smoke_project / "reports/13_generalisation.html").read_text()
+    assert "Traceback" not in html
+    out = json.loads((smoke_project / "metrics/generalisation.json").read_text())
+    records = [
+        json.loads(p.read_text()) for p in sorted((smoke_project / "models").glob("*/*/run.json"))
+    ]
+    assert set(out["models"]) == {r["variant"] for r in records}
+    assert out["shifts"] == list(shift.SHIFTS) and out["external"] == []
+    for name, row in out["models"].items():
+        # the clean accuracy on the whole test split is the run's own test accuracy
+        preds = np.load(smoke_project / f"models/{name.split('_')[0]}/{name}/predictions.npz")
+        accuracy = float((preds["test_probs"].argmax(1) == preds["test_y"]).mean())
+        assert row["clean accuracy"] == pytest.approx(accuracy, abs=1e-9), name
+        assert 0.0 <= row["mean accuracy under shift"] <= 1.0
+    exported = out["exported_model"]
+    assert f"The exported model, **{exported}**".replace("**", "") in html.replace(
+        "<strong>", ""
+    ).replace("</strong>", "")
+    assert "No external folders listed" in html
+    assert html.count("data:image/png;base64") >= 2  # the strip and the heatmap

@@ -28,21 +28,28 @@ FAMILY_ORDER = (
 )
 
 
+def read_records(root: Path | None = None) -> list[dict]:
+    """The training record (``run.json``) of every finished run under ``models/``, in
+    family order."""
+    root = root or project_root()
+    records = [
+        json.loads(path.read_text())
+        for key in FAMILY_ORDER
+        for path in sorted(resolve(Path("models") / key, root).glob("*/run.json"))
+    ]
+    if not records:
+        raise FileNotFoundError(
+            f"No trained models under {resolve('models', root)}: run the training stages first."
+        )
+    return records
+
+
 def load_runs(params: dict, root: Path | None = None) -> list[dict]:
     """Every finished run under ``models/``, scored on the test split
     (:func:`bloodcells.experiment.evaluate_run`), with its predictions."""
     from bloodcells.experiment import evaluate_run
 
-    root = root or project_root()
-    runs = []
-    for key in FAMILY_ORDER:
-        for path in sorted(resolve(Path("models") / key, root).glob("*/run.json")):
-            runs.append(evaluate_run(params, json.loads(path.read_text()), root))
-    if not runs:
-        raise FileNotFoundError(
-            f"No trained models under {resolve('models', root)}: run the training stages first."
-        )
-    return runs
+    return [evaluate_run(params, record, root) for record in read_records(root)]
 
 
 def comparison_table(runs: list[dict]) -> pd.DataFrame:

@@ -47,6 +47,10 @@ def stage_params(params: dict) -> dict[str, dict]:
             "evaluate": params["evaluate"],
             "champion": params["champion"],
         },
+        "generalisation": {
+            "profile": params["profile"],
+            "generalisation": params["generalisation"],
+        },
     }
     split = {k: params["preprocess"][k] for k in SPLIT_KEYS}
     # what the `inputs` stage reads: which sizes each family trains on, nothing else

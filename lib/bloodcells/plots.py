@@ -167,3 +167,37 @@ def image_rows(images: np.ndarray, maps: np.ndarray | None, titles: list[str]) -
             axes[1][i].axis("off")
     fig.tight_layout()
     return fig
+
+
+def shift_strip(views: dict[str, list[np.ndarray]], severities: list[int]) -> plt.Figure:
+    """One image under each shift (rows) at severity 0 (clean) and each severity (columns)."""
+    rows, cols = len(views), len(severities) + 1
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.5 * rows), squeeze=False)
+    for r, (name, images) in enumerate(views.items()):
+        for c, image in enumerate(images):
+            axes[r][c].imshow(image)
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+            if r == 0:
+                axes[r][c].set_title(
+                    "clean" if c == 0 else f"severity {severities[c - 1]}", fontsize=8
+                )
+        axes[r][0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def shift_heatmap(table: pd.DataFrame, value: str = "accuracy") -> plt.Figure:
+    """Accuracy (%) per model (rows) and shift x severity (columns), clean first."""
+    data = table.assign(column=table["shift"] + " " + table["severity"].astype(str))
+    order = list(dict.fromkeys(data["column"]))
+    grid = 100 * data.pivot(index="model", columns="column", values=value)[order]
+    grid = grid.rename(columns={"none 0": "clean"})
+    fig, ax = plt.subplots(figsize=(0.45 * len(order) + 3, 0.45 * len(grid) + 2))
+    label = f"{value.replace('_', ' ')} %"
+    sns.heatmap(grid, annot=True, fmt=".0f", cmap="viridis", vmin=0, vmax=100, ax=ax,
+                cbar_kws={"label": label}, annot_kws={"fontsize": 7})  # fmt: skip
+    ax.set_xlabel("shift and severity")
+    ax.set_ylabel("")
+    fig.tight_layout()
+    return fig

@@ -58,6 +58,12 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise ValueError(f"cannot decode ({exc}); truncated or corrupt?") from exc
 
 
+def _feed(model, batch: np.ndarray):
+    """The batch in the input structure the model was built with (a one-input list for the
+    exported models), so Keras does not warn that the structures differ."""
+    return [batch] if isinstance(getattr(model, "input", None), list) else batch
+
+
 def predict_files(
     model, metadata: dict, files: list[Path], batch_size: int = 64, progress: bool = True
 ):
@@ -73,7 +79,7 @@ def predict_files(
                 ok.append(path)
             except ValueError as exc:
                 failed.append((path, str(exc)))
-        probs = np.asarray(model(np.stack(images), training=False)) if images else []
+        probs = np.asarray(model(_feed(model, np.stack(images)), training=False)) if images else []
         yield from ((p, pr, None) for p, pr in zip(ok, probs, strict=True))
         yield from ((p, None, e) for p, e in failed)
         bar.update(len(chunk))
