@@ -391,19 +391,16 @@ def best_epoch(history: pd.DataFrame) -> int | None:
 def inner_split(
     y: np.ndarray, part: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Masks (fit, inner validation) over ``y``: a stratified ``fraction`` of the rows in
-    ``part`` held out for choosing the epoch; rows outside ``part`` are in neither."""
-    from sklearn.model_selection import train_test_split
-
-    rows = np.flatnonzero(part)
-    fit_rows, val_rows = train_test_split(
-        rows, test_size=fraction, stratify=y[rows], random_state=seed
-    )
-    fit = np.zeros(len(y), bool)
+    """Masks (fit, inner validation) over ``y``: of the rows in ``part``, a ``fraction`` of
+    each class (at least one image of every class with two or more) held out for choosing
+    the epoch, drawn with ``seed``; rows outside ``part`` are in neither."""
+    rng = np.random.default_rng(seed)
     inner = np.zeros(len(y), bool)
-    fit[fit_rows] = True
-    inner[val_rows] = True
-    return fit, inner
+    for label in np.unique(y[part]):
+        rows = np.flatnonzero(part & (y == label))
+        take = max(1, round(fraction * len(rows))) if len(rows) >= 2 else 0
+        inner[rng.choice(rows, take, replace=False)] = True
+    return part & ~inner, inner
 
 
 def cross_validate(params: dict, key: str, root: Path | None = None) -> dict:
