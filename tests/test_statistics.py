@@ -5,6 +5,7 @@ curve and ECE against hand-computed bins."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
@@ -133,3 +134,48 @@ def test_mcnemar_pairs_are_the_leaders_on_validation():
     table = pairwise_mcnemar(runs, top=2)
     assert table[["model A", "model B"]].values.tolist() == [["a", "bb"]]
     assert selected(runs)["variant"] == "a"
+
+
+def test_temperature_is_fitted_on_validation_only():
+    """Planted: validation needs T = 2, test would need T = 0.5; the table fits on validation."""
+    from bloodcells.calibration import calibration_table
+
+    rng = np.random.default_rng(4)
+
+    def split(true_t):
+        z = rng.normal(0, 2.0, (5000, 8))
+        y = np.array([rng.choice(8, p=p) for p in softmax(z)])
+        return softmax(z / true_t), y  # reported with 1 / true_t too much confidence
+
+    val_probs, val_y = split(0.5)
+    test_probs, test_y = split(2.0)
+    run = {
+        "variant": "m",
+        "predictions": {"val_probs": val_probs, "val_y": val_y,
+                        "test_probs": test_probs, "test_y": test_y},
+    }  # fmt: skip
+    row = calibration_table([run]).loc["m"]
+    assert row["temperature (fit on val)"] == pytest.approx(2.0, rel=0.06)
+    assert fit_temperature(test_probs, test_y) == pytest.approx(0.5, rel=0.06)
+
+
+def test_the_exported_model_is_the_one_best_on_validation():
+    from bloodcells.compare import summary
+
+    def run(name, val, test):
+        return {
+            "variant": name,
+            "key": name,
+            "val_accuracy": val,
+            "test": {"accuracy": test, "macro_f1": test,
+                     "ci95": {"accuracy": [test, test], "macro_f1": [test, test]}},
+            "image_size": 32,
+            "epochs": 1,
+            "weights": "none",
+            "provenance": {"profile": "smoke", "data_hash": "x"},
+        }  # fmt: skip
+
+    runs = [run("best_on_test", 0.80, 0.99), run("best_on_val", 0.95, 0.70)]
+    out = summary(runs, pd.DataFrame())
+    assert out["best_model"] == "best_on_val" and out["best_chosen_by"] == "validation accuracy"
+    assert out["best_test_accuracy"] == 0.70  # reported as it is, not replaced by the better
