@@ -30,8 +30,9 @@ def test_every_block_is_run_or_says_why_not(readme_run):
 
 def test_the_blocks_are_the_ones_a_user_needs():
     runnable = "".join(b.code for b in readme_blocks() if not b.why_not_run)
-    for command in ("make repro", "bloodcells-predict", "dvc exp run --queue", "dvc push",
-                    "dvc pull", "make bench", "make estimate"):  # fmt: skip
+    for command in ("make repro", "bloodcells-predict", "bloodcells-evaluate",
+                    "dvc exp run --queue", "dvc push", "dvc pull", "make bench",
+                    "make estimate"):  # fmt: skip
         assert command in runnable, command
 
 
@@ -56,6 +57,17 @@ def test_predict_wrote_one_row_per_platelet(readme_run):
     rows = list(csv.DictReader((work / "predictions.csv").open()))
     platelets = list((work / "data/raw/PBC_dataset_normal_DIB/platelet").iterdir())
     assert len(rows) == len(platelets) > 0
+
+
+def test_evaluate_scored_the_labelled_copy(readme_run):
+    work, blocks = readme_run
+    result = json.loads((work / "lab.json").read_text())
+    assert len(result["classes_present"]) == 8  # the sample has every class
+    images = sum(1 for p in (work / "data/raw/PBC_dataset_normal_DIB").rglob("*.jpg"))
+    assert result["images"] + len(result["errors"]) == images
+    assert (
+        "argmax over the classes present" in block(blocks, ".venv/bin/bloodcells-evaluate").output
+    )
 
 
 def test_the_queued_sweep_reran_only_the_cnn(readme_run):
