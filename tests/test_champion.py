@@ -100,3 +100,12 @@ def test_champion_scores_tta_and_ensemble_on_test_after_choosing_on_val():
     assert summary["test_accuracy"] == 0.0
     table = champion.champion_table(out)
     assert list(table["chosen on validation"]) == ["yes", ""]
+    # max_gap drops candidates too far behind the best on validation (m1: 0.8 vs 0.9)
+    near = champion.build_champion(
+        runs, {8: {"val": x, "test": x}}, lambda run: OrientationModel(), 3, 8, 50, max_gap=0.15
+    )
+    assert near["candidates"] == ["m2", "m1"]
+    only = champion.build_champion(
+        runs, {8: {"val": x, "test": x}}, lambda run: OrientationModel(), 3, 8, 50, max_gap=0.05
+    )
+    assert only["candidates"] == ["m2"]

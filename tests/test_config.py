@@ -92,3 +92,21 @@ def test_not_yaml(tmp_path):
 def test_model_settings_fail_before_any_work(tmp_path, mutate, message):
     with pytest.raises(ParamsError, match=message):
         load_params(write(tmp_path, mutate))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r["champion"].update(max_gap=2), r"'champion\.max_gap' must be a fraction"),
+        (lambda r: r["champion"].update(max_gap="2%"), r"'champion\.max_gap'"),
+        (lambda r: r["generalisation"].update(severities=[4]), r"'generalisation\.severities'"),
+    ],
+)
+def test_the_params_stage_checks_report_sections_by_name(tmp_path, mutate, message):
+    # checked by their own modules when the params stage resolves them, before any training
+    from bloodcells.plan import stage_params
+
+    params = load_params(write(tmp_path, mutate), profile="cpu")
+    with pytest.raises(ValueError, match=message):
+        stage_params(params)
+    assert stage_params(load_params(ROOT / "params.yaml", profile="cpu"))["compare"]["champion"]

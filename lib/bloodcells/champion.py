@@ -3,7 +3,9 @@
 Everything is chosen on the validation split and scored once on the test split:
 
 1. the ``candidates`` from-scratch models (weights ``none``) with the best validation
-   accuracy are taken;
+   accuracy are taken, those within ``max_gap`` of the best validation accuracy only (a
+   model many points behind cannot lift an ensemble, and TTA over a slow network is the
+   costliest step of the comparison on a CPU);
 2. each predicts the validation and test images under the eight dihedral transforms
    (flips and 90-degree turns, the training augmentation) and the softmax outputs are
    averaged (test-time augmentation, TTA);
@@ -17,8 +19,21 @@ import time
 
 import numpy as np
 
+from bloodcells.config import ParamsError
 from bloodcells.evaluate import evaluate
 from bloodcells.paths import CLASSES
+
+
+def check_params(section: dict) -> dict:
+    """The ``champion`` params' ``max_gap``, checked (``candidates`` and ``tta_views`` are
+    checked with the whole file by :func:`bloodcells.config.check_params`)."""
+    gap = section.get("max_gap")
+    if not isinstance(gap, int | float) or isinstance(gap, bool) or not 0 <= gap <= 1:
+        raise ParamsError(
+            f"Params key 'champion.max_gap' must be a fraction of validation accuracy in "
+            f"[0, 1] (0.02 = two points); got {gap!r}."
+        )
+    return section
 
 
 def dihedral(x: np.ndarray, view: int) -> np.ndarray:
@@ -67,6 +82,7 @@ def build_champion(
     candidates: int = 3,
     views: int = 8,
     n_bootstrap: int = 1000,
+    max_gap: float = 1.0,
 ) -> dict:
     """Single best, single best with TTA, and the validation-chosen TTA ensemble, scored.
 
@@ -78,6 +94,7 @@ def build_champion(
     if not scratch:
         raise ValueError("No model trained from scratch (weights: none) to build a champion from.")
     pool = sorted(scratch, key=lambda r: -r["val_accuracy"])[:candidates]
+    pool = [r for r in pool if r["val_accuracy"] >= pool[0]["val_accuracy"] - max_gap]
     y_val = pool[0]["predictions"]["val_y"]
     y_test = pool[0]["predictions"]["test_y"]
     val, test, speed = {}, {}, {}

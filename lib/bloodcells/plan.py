@@ -25,7 +25,8 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells.config import load_params
+from bloodcells import champion, shift
+from bloodcells.config import ParamsError, load_params
 from bloodcells.paths import manifest_path, processed_dir, project_root
 
 PARAMS_DIR = Path("build/params")
@@ -45,11 +46,11 @@ def stage_params(params: dict) -> dict[str, dict]:
         "compare": {
             "profile": params["profile"],
             "evaluate": params["evaluate"],
-            "champion": params["champion"],
+            "champion": champion.check_params(params["champion"]),
         },
         "generalisation": {
             "profile": params["profile"],
-            "generalisation": params["generalisation"],
+            "generalisation": shift.check_params(params["generalisation"]),
         },
     }
     split = {k: params["preprocess"][k] for k in SPLIT_KEYS}
@@ -129,11 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("what", choices=("params", "inputs"))
     args = parser.parse_args(argv)
     root = project_root()
-    params = load_params()
-    if args.what == "params":
-        files, folder = stage_params(params), root / PARAMS_DIR
-    else:
-        files, folder = stage_inputs(params, root), root / INPUTS_DIR
+    try:
+        params = load_params()
+        if args.what == "params":
+            files, folder = stage_params(params), root / PARAMS_DIR
+        else:
+            files, folder = stage_inputs(params, root), root / INPUTS_DIR
+    except ParamsError as err:  # a wrong value in params.yaml: say which, no traceback
+        print(f"bloodcells.plan {args.what}: {err}", file=sys.stderr)
+        return 2
     written = write_all(files, folder)
     print(
         f"{args.what} (profile {params['profile']}): {len(files)} files in {folder}, "
