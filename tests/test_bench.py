@@ -63,10 +63,12 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     from bloodcells import estimate
 
     params = load_params(ROOT / "params.yaml", profile="smoke")
-    runs = estimate.plan(params, n_train=700, n_val=170)
-    cnn = params["models"]["cnn"]
-    assert sum(r.what.startswith("CV fold") for r in runs) == cnn["cv_folds"]
-    assert sum(r.what.startswith("shuffling") for r in runs) == 2 * len(cnn["shuffling_seeds"])
+    runs = estimate.plan(params, n_train=700, n_val=170, n_test=380)
+    assert sum(r.what.startswith("CV fold") for r in runs) == params["cross_validation"]["folds"]
+    shuffling = [r for r in runs if r.stage == "shuffling"]
+    assert len(shuffling) == 2 * len(params["shuffling"]["seeds"])
+    # the paper's protocol over all 1,250 images: 875 train (70%), its last 20% validating
+    assert {(r.train, r.val) for r in shuffling} == {(700, 175)}
     assert [r.what for r in runs if r.key == "resnet50"] == ["resnet50 (sgd)", "resnet50 (rmsprop)"]
     smote = params | {
         "models": params["models"] | {"unet": params["models"]["unet"] | {"balance": "smote"}}
@@ -75,7 +77,7 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     assert grown.train == round(700 * estimate.SMOTE_GROWTH) > 700  # SMOTE grows the split
     assert {r.stage for r in runs} == {
         "cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2",
-        "inceptionv3", "xception", "hybrid", "supcon",
+        "cross-validation", "shuffling", "inceptionv3", "xception", "hybrid", "supcon",
     }  # fmt: skip
     calls = []
 

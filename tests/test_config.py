@@ -99,14 +99,28 @@ def test_model_settings_fail_before_any_work(tmp_path, mutate, message):
     [
         (lambda r: r["champion"].update(max_gap=2), r"'champion\.max_gap' must be a fraction"),
         (lambda r: r["champion"].update(max_gap="2%"), r"'champion\.max_gap'"),
-        (lambda r: r["generalisation"].update(severities=[4]), r"'generalisation\.severities'"),
+        (lambda r: r["shuffling"].update(family="cnnn"), r"'shuffling\.family' is 'cnnn'"),
+        (lambda r: r["shuffling"].update(seeds=[1, 1]), r"'shuffling\.seeds' must be a list"),
+        (lambda r: r["shuffling"].update(image_size=48), r"'shuffling\.image_size' is 48"),
+        (lambda r: r["cross_validation"].update(folds=1), r"'cross_validation\.folds'"),
+        (lambda r: r["cross_validation"].update(balance="smot"), r"'cross_validation\.balance'"),
     ],
 )
-def test_the_params_stage_checks_report_sections_by_name(tmp_path, mutate, message):
-    # checked by their own modules when the params stage resolves them, before any training
-    from bloodcells.plan import stage_params
+def test_study_and_champion_sections_name_the_bad_key(tmp_path, mutate, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, mutate), profile="cpu")
 
-    params = load_params(write(tmp_path, mutate), profile="cpu")
-    with pytest.raises(ValueError, match=message):
-        stage_params(params)
-    assert stage_params(load_params(ROOT / "params.yaml", profile="cpu"))["compare"]["champion"]
+
+def test_the_params_stage_checks_the_generalisation_section(tmp_path, capsys, monkeypatch):
+    # checked by its own module when the params stage resolves it, before any training;
+    # the stage says which key, without a traceback
+    from bloodcells import plan
+
+    params = load_params(
+        write(tmp_path, lambda r: r["generalisation"].update(severities=[4])), profile="cpu"
+    )
+    with pytest.raises(ParamsError, match=r"'generalisation\.severities'"):
+        plan.stage_params(params)
+    monkeypatch.setattr(plan, "load_params", lambda: params)
+    assert plan.main(["params"]) == 2
+    assert "'generalisation.severities'" in capsys.readouterr().err

@@ -74,6 +74,8 @@ def test_every_stage_run_twice_gives_the_same_outputs(smoke_project, smoke_rerun
         "models/cnn",
         "models/hybrid",
         "models/supcon",
+        "models/shuffling",
+        "models/cross_validation",
         "data/processed",
         "export/best.keras",
         "dvclive/hybrid",
@@ -146,6 +148,7 @@ EDITS = [
             "report-hybrid",
             "report-supcon",
             "compare",
+            "paper-protocol",  # the shuffling verdicts compare the paper's gaps
         },
     ),
     (
@@ -166,7 +169,13 @@ EDITS = [
         "one family's key: models.cnn.epochs (active)",
         _edit_yaml(_smoke("models", "cnn", "epochs", value=3)),
         (),
-        {"train@cnn", "report@cnn"},
+        {"train@cnn", "report@cnn"},  # the studies set their own epochs
+    ),
+    (
+        "a study's setting: shuffling.epochs (active)",
+        _edit_yaml(_smoke("shuffling", "epochs", value=2)),
+        (),
+        {"shuffling", "paper-protocol"},
     ),
     (
         "a new cached size: preprocess.image_sizes + 64 (preprocess rerun for real)",

@@ -142,3 +142,26 @@ def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
     assert paths[0].read_bytes() == paths[1].read_bytes()
     loaded = keras.saving.load_model(paths[0], safe_mode=True, compile=False)
     assert loaded.count_params() == model.count_params()
+
+
+def test_every_from_scratch_batchnorm_gets_the_study_momentum():
+    from bloodcells.supcon import build_encoder
+
+    def momenta(model: keras.Model) -> set[float]:
+        found, stack = set(), [model]
+        while stack:  # nested backbones: walk every sub-model
+            for layer in stack.pop().layers:
+                if isinstance(layer, keras.Model):
+                    stack.append(layer)
+                elif isinstance(layer, keras.layers.BatchNormalization):
+                    found.add(layer.momentum)
+        return found
+
+    built = {
+        "classifier": build_model("mobilenetv2", 32),
+        "SupCon encoder": build_encoder("mobilenetv2", 32),
+        "hybrid": models.build_hybrid(80, weights="none"),
+        "cnn": build_model("cnn", 32, conv_widths=(8, 16)),
+    }
+    for name, model in built.items():
+        assert momenta(model) == {models.BN_MOMENTUM}, name

@@ -23,7 +23,9 @@ def exported(tmp_path_factory, built, sample_dir):
     root = mini_project(tmp_path_factory.mktemp("predict"), manifest, sample_dir)
     params = load_params(ROOT / "params.yaml", profile="smoke")
     record = experiment.run_variant(params, "cnn", root=root, verbose=0, epochs=1)
-    path = export.export_model(record, root / "models/cnn/cnn/model.keras", root / "best.keras")
+    path = export.export_model(
+        record, root / "models/cnn/cnn/model.keras", root / "best.keras", images=106, ece_bins=10
+    )
     test_files = [sample_dir / p for p in manifest.loc[manifest["split"] == "test", "path"]]
     probs = np.load(root / "models/cnn/cnn/predictions.npz")["test_probs"]
     return path, test_files, probs
@@ -140,7 +142,10 @@ def test_model_card(exported):
     assert "<code>" in page and page.count("<tr>") == 1 + len(meta["classes"])
     assert "<th>class</th>" in page and "border-collapse" in page  # styled like index.html
     # a paragraph wrapped over several source lines is one paragraph
-    assert re.search(r"<p>[^<]*one laboratory[^<]*\nscanner", page)
+    assert re.search(r"<p>[^<]*one laboratory[^<]*\nBarcelona", page)
+    # what this run kept and how its ECE was binned, not the published dataset's constants
+    assert "on 106 images of the PBC dataset" in card and "(10 bins)" in card
+    assert "17,092" not in card and "15 bins" not in card
 
 
 @pytest.mark.parametrize(

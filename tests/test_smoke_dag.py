@@ -48,7 +48,9 @@ def test_every_stage_ran_and_left_its_outputs(smoke_project):
         "build/params/train-cnn.json",
         "build/inputs/cnn.json",
         "metrics/timings/train-cnn.json",
-        "models/cnn/cv.json",
+        "models/cross_validation/cv.json",
+        "models/shuffling/shuffling.json",
+        "reports/14_paper_protocol.html",
         "models/supcon/supcon/embeddings.npz",
         "reports/13_generalisation.html",
         "metrics/generalisation.json",
@@ -107,28 +109,33 @@ def test_resnet_compares_both_optimizers(smoke_project):
     assert {"resnet50_sgd", "resnet50_rmsprop"} <= set(metrics)
 
 
-def test_cnn_report_has_cross_validation_and_the_shuffling_verdict(smoke_project):
-    html = (smoke_project / "reports/02_cnn.html").read_text()
-    metrics = json.loads((smoke_project / "metrics/cnn.json").read_text())
-    cv, shuffling = metrics["cv"], metrics["shuffling"]
-    params = yaml.safe_load((smoke_project / "params.yaml").read_text())["profiles"]["smoke"]
-    assert len(cv["folds"]) == params["models"]["cnn"]["cv_folds"] == 2
-    base = yaml.safe_load((smoke_project / "params.yaml").read_text())["models"]["cnn"]
-    assert cv["conv_widths"] == base["cv_conv_widths"] == shuffling["conv_widths"]
-    assert pct(cv["accuracy_mean"]) in html
-    orders = {r["order"] for r in shuffling["runs"]}
-    assert orders == {"class_sorted", "shuffled"}
-    assert pct(shuffling["summary"]["class_sorted"]["mean"]) in html
-    # the branch the numbers call for, and never the paper's gaps explained by array order
-    branch = (
-        "Array order matters a great deal"
-        if shuffling["gap_exceeds_2sd"]
-        else "the two orders cannot be told apart"
-    )
-    assert branch in html
-    assert "This does not explain the paper" in html and "data-ordering effect" not in html
+def test_paper_protocol_report_has_cross_validation_and_the_shuffling_verdicts(smoke_project):
+    from bloodcells import report
+
+    html = (smoke_project / "reports/14_paper_protocol.html").read_text()
+    cv = json.loads((smoke_project / "metrics/cross_validation.json").read_text())
+    study = json.loads((smoke_project / "metrics/shuffling.json").read_text())
+    params = yaml.safe_load((smoke_project / "params.yaml").read_text())
+    smoke = params["profiles"]["smoke"]
+    assert len(cv["folds"]) == smoke["cross_validation"]["folds"] == 2
+    assert cv["conv_widths"] == params["cross_validation"]["conv_widths"]
     assert all(f["best_epoch"] >= 1 and f["inner_val_images"] > 0 for f in cv["folds"])
+    assert pct(cv["accuracy_mean"]) in html
     assert "inner validation split of the training folds" in html
+    # the paper's protocol: both conditions for every seed, each on its own split
+    seeds = smoke["shuffling"]["seeds"]
+    assert {(r["seed"], r["condition"]) for r in study["runs"]} == {
+        (s, c) for s in seeds for c in ("without", "with")
+    }
+    assert all(r["classes_in_fit"] == 8 for r in study["runs"])  # class-mixed, never sorted
+    for condition in ("without", "with"):
+        assert pct(study["conditions"][condition]["mean"]) in html
+    assert f"{100 * study['gap']['mean']:+.2f} ± {100 * study['gap']['sd']:.2f} points" in html
+    # every paper gap is judged in the report, with the verdict its numbers give
+    for row in report.shuffling_gaps(study["gap"]):
+        assert row["verdict"].split(":")[0] in html, row["model"]
+    assert "Neither of the paper's conditions did this" in html
+    assert "data-ordering" not in html and "Traceback" not in html
 
 
 def test_supcon_has_its_cross_entropy_control(smoke_project):
@@ -189,7 +196,7 @@ def test_index_page_in_a_real_browser(smoke_project):
         assert "reproducible study" in driver.title
         assert driver.find_element(By.TAG_NAME, "table").is_displayed()
         links = [a.get_attribute("href") for a in driver.find_elements(By.TAG_NAME, "a")]
-        assert len(links) == 14, links  # notebooks 01..13 and the model card
+        assert len(links) == 15, links  # notebooks 01..14 and the model card
         assert browser.console_errors(driver) == []
         shot = shots / "smoke_index.png"
         driver.save_screenshot(str(shot))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
+import time
 
 import keras
 import numpy as np
@@ -87,15 +87,6 @@ def test_run_eagerly_follows_the_config(smoke_params, eager):
 def test_conv_widths_belong_to_the_cnn_only(smoke_params):
     with pytest.raises(ModelConfigError, match=r"'models\.vgg16\.conv_widths' applies to the cnn"):
         train.family_config(smoke_params, "vgg16", conv_widths=[16, 32])
-
-
-@pytest.mark.parametrize("study", ["cross_validate", "shuffling_study"])
-def test_reduced_size_widths_name_their_key(smoke_params, study, tmp_path):
-    params = copy.deepcopy(smoke_params)
-    name = "cv_conv_widths" if study == "cross_validate" else "shuffling_conv_widths"
-    params["models"]["cnn"][name] = [8] * 6  # six poolings of a 32 px image
-    with pytest.raises(ModelConfigError, match=rf"'models\.cnn\.{name}' has 6 blocks"):
-        getattr(experiment, study)(params, "cnn", tmp_path)
 
 
 def test_unknown_family_names_the_key(smoke_params):
@@ -253,15 +244,6 @@ def test_a_run_saves_stable_outputs_and_is_reused(smoke_params, project):
     assert json.loads((out / "run.json").read_text())["epochs"] == 2
 
 
-def test_keras_validation_split_semantics():
-    y = np.repeat(np.arange(8), 10)
-    x = np.arange(80)[:, None]
-    (_, ytr), (_, yva) = experiment.keras_validation_split(x, y, 0.2, "class_sorted", 0)
-    assert set(yva) == {6, 7} and 7 not in set(ytr)
-    (_, ytr), (_, yva) = experiment.keras_validation_split(x, y, 0.2, "shuffled", 0)
-    assert len(set(ytr)) == 8 and len(yva) == 16
-
-
 MIRRORED = """
 import sys
 from pathlib import Path
@@ -311,22 +293,6 @@ def test_one_device_uses_the_default_strategy():
         assert train.distribution_strategy().num_replicas_in_sync == 1
 
 
-def test_cv_inner_split_is_stratified_and_leaves_the_held_fold_alone(built):
-    manifest = built[0]
-    part = manifest[manifest["split"].isin(["train", "val"])]
-    y = part["label"].to_numpy()
-    held = part["fold"].to_numpy() == 0
-    fit, inner = experiment.inner_split(y, ~held, 0.25, seed=1)
-    assert not (fit & held).any() and not (inner & held).any() and not (fit & inner).any()
-    assert (fit | inner | held).all()
-    # a quarter of each class, and at least one image of every class that has two
-    for label in np.unique(y[~held]):
-        n = int((y[~held] == label).sum())
-        assert (y[inner] == label).sum() == (max(1, round(0.25 * n)) if n >= 2 else 0), label
-    again = experiment.inner_split(y, ~held, 0.25, seed=1)
-    assert all(np.array_equal(a, b) for a, b in zip(again, (fit, inner), strict=True))
-
-
 def _phase_model():
     model = keras.Sequential(
         [keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten()]
@@ -373,3 +339,20 @@ def test_hybrid_scores_the_weights_of_the_phase_it_selects(
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(got, trained[other], strict=True))
     assert len(chosen.history) == 2  # both phases' epochs in the record
+
+
+def test_training_clock_leaves_validation_out():
+    # validation made slow on purpose (a pause per validation batch): the clock that gives
+    # train_images_per_second must not count it, and counts the epochs this call ran
+    x = np.random.default_rng(0).random((64, 4)).astype("float32")
+    y = keras.utils.to_categorical(np.arange(64) % 2, 2)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    pause = keras.callbacks.LambdaCallback(on_test_batch_end=lambda *_, **__: time.sleep(0.1))
+    clock = train.training_clock()
+    t0 = time.perf_counter()
+    model.fit(x, y, validation_data=(x, y), batch_size=32, epochs=3, verbose=0,
+              callbacks=[clock, pause])  # fmt: skip
+    total = time.perf_counter() - t0
+    assert clock.state["epochs"] == 3
+    assert 0 < clock.state["seconds"] <= total - 3 * 2 * 0.1  # six paused batches left out

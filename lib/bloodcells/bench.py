@@ -128,13 +128,13 @@ def bench_family(
     import numpy as np
 
     from bloodcells.experiment import load_splits
+    from bloodcells.inference import predict_proba
     from bloodcells.inputs import make_dataset
     from bloodcells.train import (
         compiled_classifier,
         configure_tensorflow,
         distribution_strategy,
         family_config,
-        predict_proba,
     )
 
     cfg = family_config(params, key, deterministic=False)

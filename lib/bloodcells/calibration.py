@@ -6,25 +6,12 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
 
-from bloodcells.evaluate import expected_calibration_error
+from bloodcells.evaluate import confidence_bins, expected_calibration_error
 
 
 def reliability_curve(y: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> pd.DataFrame:
     """Per confidence bin: mean confidence, accuracy and count (empty bins dropped)."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
-    edges = np.linspace(0, 1, n_bins + 1)
-    bins = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    rows = [
-        {
-            "confidence": conf[bins == b].mean(),
-            "accuracy": correct[bins == b].mean(),
-            "count": int((bins == b).sum()),
-        }
-        for b in range(n_bins)
-        if (bins == b).any()
-    ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(confidence_bins(y, probs, n_bins))
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -19,21 +19,8 @@ import time
 
 import numpy as np
 
-from bloodcells.config import ParamsError
 from bloodcells.evaluate import evaluate
 from bloodcells.paths import CLASSES
-
-
-def check_params(section: dict) -> dict:
-    """The ``champion`` params' ``max_gap``, checked (``candidates`` and ``tta_views`` are
-    checked with the whole file by :func:`bloodcells.config.check_params`)."""
-    gap = section.get("max_gap")
-    if not isinstance(gap, int | float) or isinstance(gap, bool) or not 0 <= gap <= 1:
-        raise ParamsError(
-            f"Params key 'champion.max_gap' must be a fraction of validation accuracy in "
-            f"[0, 1] (0.02 = two points); got {gap!r}."
-        )
-    return section
 
 
 def dihedral(x: np.ndarray, view: int) -> np.ndarray:
@@ -44,7 +31,7 @@ def dihedral(x: np.ndarray, view: int) -> np.ndarray:
 
 def tta_proba(model, x: np.ndarray, views: int = 8) -> tuple[np.ndarray, float]:
     """Softmax averaged over the first ``views`` dihedral views; and images/s overall."""
-    from bloodcells.train import predict_proba
+    from bloodcells.inference import predict_proba
 
     x = np.asarray(x)
     t0 = time.perf_counter()

@@ -21,6 +21,13 @@ from bloodcells.paths import project_root
 PROFILES = ("smoke", "cpu", "overnight", "paper")
 
 
+#: the values a params key may take: the one list that the loader's checks and
+#: ``TrainConfig.validate`` both read
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+BALANCE = ("none", "class_weight", "smote")
+WEIGHTS = ("none", "imagenet")
+
+
 class ParamsError(ValueError):
     """A params.yaml key is missing, unknown or out of range."""
 
@@ -74,6 +81,44 @@ def _check_positive_int(params: dict, key: str, minimum: int = 1) -> None:
         raise ParamsError(f"Params key '{key}' must be an integer >= {minimum}; got {value!r}.")
 
 
+def _check_studies(params: dict, sizes: list) -> None:
+    """The ``cross_validation`` and ``shuffling`` sections: studies of their own."""
+    for section in ("cross_validation", "shuffling"):
+        family = _require(params, f"{section}.family")
+        if family not in (params.get("models") or {}):
+            raise ParamsError(
+                f"Params key '{section}.family' is {family!r}; it must name a 'models' entry "
+                f"({', '.join(params.get('models') or {})})."
+            )
+        _check_positive_int(params, f"{section}.epochs")
+        if _require(params, f"{section}.image_size") not in sizes:
+            raise ParamsError(
+                f"Params key '{section}.image_size' is {params[section]['image_size']!r}, which "
+                f"is not among the cached sizes 'preprocess.image_sizes' {sizes}; add it there."
+            )
+    _check_positive_int(params, "cross_validation.folds", minimum=2)
+    _check_fraction(params, "cross_validation.inner_val")
+    balance = _require(params, "cross_validation.balance")
+    if balance not in BALANCE:
+        raise ParamsError(
+            f"Params key 'cross_validation.balance' is {balance!r}; allowed: {', '.join(BALANCE)}."
+        )
+    seeds = _require(params, "shuffling.seeds")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ParamsError(
+            "Params key 'shuffling.seeds' must be a list of distinct integers (one run per "
+            f"condition per seed; 5 or more for a spread worth reading); got {seeds!r}."
+        )
+    _check_fraction(params, "shuffling.test_size")
+    _check_fraction(params, "shuffling.validation_split")
+    _check_positive_int(params, "shuffling.random_state", minimum=0)
+
+
 def validate(params: dict) -> dict:
     """Check value ranges of the resolved params; return them unchanged."""
     if params.get("profile") not in PROFILES:
@@ -88,6 +133,12 @@ def validate(params: dict) -> dict:
     _check_positive_int(params, "preprocess.workers", minimum=0)
     _check_positive_int(params, "preprocess.near_duplicate_max_distance", minimum=0)
     _check_positive_int(params, "champion.candidates")
+    gap = _require(params, "champion.max_gap")
+    if not isinstance(gap, int | float) or isinstance(gap, bool) or not 0 <= gap <= 1:
+        raise ParamsError(
+            f"Params key 'champion.max_gap' must be a fraction of validation accuracy in "
+            f"[0, 1] (0.02 = two points); got {gap!r}."
+        )
     views = _require(params, "champion.tta_views")
     if views not in (1, 2, 4, 8):
         raise ParamsError(
@@ -103,11 +154,7 @@ def validate(params: dict) -> dict:
         raise ParamsError(
             f"Params key 'preprocess.image_sizes' values must lie in 16..512 px; got {sizes!r}."
         )
-    allowed = {
-        "optimizers": ("adam", "rmsprop", "sgd"),
-        "balance": ("none", "class_weight", "smote"),
-        "weights": ("none", "imagenet"),
-    }
+    allowed = {"optimizers": OPTIMIZERS, "balance": BALANCE, "weights": WEIGHTS}
     for key, values in allowed.items():
         value = (params.get("train") or {}).get(key)
         if key != "optimizers" and value is not None and value not in values:
@@ -132,6 +179,7 @@ def validate(params: dict) -> dict:
                     f"Params key 'models.{key}.{name}' is {size!r}, which is not among the "
                     f"cached sizes 'preprocess.image_sizes' {sizes}; add it there."
                 )
+    _check_studies(params, sizes)
     sources = _require(params, "data.sources")
     if not isinstance(sources, list) or not sources:
         raise ParamsError("Params key 'data.sources' must be a non-empty list of sources.")

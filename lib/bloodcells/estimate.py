@@ -1,7 +1,7 @@
 """``python -m bloodcells.estimate``: how long the study will take on this machine.
 
 ``make repro`` runs it before ``dvc repro``. It lists every training run the active profile
-asks for (each family and optimizer, the CNN's cross-validation folds and shuffling runs,
+asks for (each family and optimizer, the cross-validation folds and the shuffling study's runs,
 the hybrid's two phases, SupCon's pre-training, probe and control), calibrates each model
 configuration on this machine with a few real training and inference steps of
 ``model.fit`` on random images of the right size (the speed of a convolution does not depend
@@ -73,43 +73,13 @@ def split_sizes(params: dict, root: Path | None = None) -> tuple[int, int, int]:
     return n - test - val, val, test
 
 
-def plan(params: dict, n_train: int, n_val: int) -> list[Run]:
+def plan(params: dict, n_train: int, n_val: int, n_test: int = 0) -> list[Run]:
     """Every training run of the active profile, in DAG order."""
     models = params["models"]
     runs = []
     for key in ("cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2"):
         runs += _family_runs(models, key, n_train, n_val)
-    cnn = models["cnn"]
-    part = n_train + n_val
-    if cnn.get("cv_folds"):
-        k = int(cnn["cv_folds"])
-        # SMOTE oversamples every class to the largest (about 1.7x the training folds here)
-        grow = SMOTE_GROWTH if cnn.get("cv_balance") == "smote" else 1.0
-        over = (("image_size", cnn["cv_image_size"]), ("conv_widths", cnn.get("cv_conv_widths")))
-        inner = round(part * (k - 1) / k * float(cnn.get("cv_inner_val", 0.1)))
-        for fold in range(k):
-            train = round((part * (k - 1) / k - inner) * grow)
-            runs.append(
-                Run("cnn", f"CV fold {fold + 1}", "cnn", over, cnn["cv_epochs"], train, inner)
-            )
-    seeds = cnn.get("shuffling_seeds") or []
-    over = (
-        ("image_size", cnn.get("shuffling_image_size")),
-        ("conv_widths", cnn.get("shuffling_conv_widths")),
-    )
-    for seed in seeds:
-        for order in ("class-sorted", "shuffled"):
-            runs.append(
-                Run(
-                    "cnn",
-                    f"shuffling {order} seed {seed}",
-                    "cnn",
-                    over,
-                    cnn["shuffling_epochs"],
-                    round(part * 0.8),
-                    round(part * 0.2),
-                )
-            )
+    runs += study_runs(params, n_train, n_val, n_test)
     for key in ("inceptionv3", "xception"):
         runs += _family_runs(models, key, n_train, n_val)
     hybrid = models["hybrid"]
@@ -129,6 +99,35 @@ def plan(params: dict, n_train: int, n_val: int) -> list[Run]:
     return runs
 
 
+def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]:
+    """The cross-validation folds (over train + val) and the shuffling study's runs (the
+    paper's protocol over every image: 70% train, of which the last 20% validates)."""
+    runs = []
+    cv = params["cross_validation"]
+    over = (("image_size", cv["image_size"]), ("conv_widths", cv.get("conv_widths")))
+    part, k = n_train + n_val, int(cv["folds"])
+    grow = SMOTE_GROWTH if cv["balance"] == "smote" else 1.0
+    inner = round(part * (k - 1) / k * float(cv["inner_val"]))
+    train = round((part * (k - 1) / k - inner) * grow)
+    for fold in range(k):
+        runs.append(
+            Run("cross-validation", f"CV fold {fold + 1}", cv["family"], over, cv["epochs"],
+                train, inner)
+        )  # fmt: skip
+    sh = params["shuffling"]
+    over = (("image_size", sh["image_size"]), ("conv_widths", sh.get("conv_widths")))
+    whole = n_train + n_val + n_test
+    training = whole - round(whole * float(sh["test_size"]))
+    fit = int(training * (1 - float(sh["validation_split"])))
+    for seed in sh["seeds"]:
+        for condition in ("without", "with"):
+            runs.append(
+                Run("shuffling", f"shuffling {condition} seed {seed}", sh["family"], over,
+                    sh["epochs"], fit, training - fit)
+            )  # fmt: skip
+    return runs
+
+
 def _family_runs(models: dict, key: str, n_train: int, n_val: int) -> list[Run]:
     entry = models[key]
     train = round(n_train * SMOTE_GROWTH) if entry.get("balance") == "smote" else n_train
@@ -143,8 +142,9 @@ def calibrate(params: dict, run: Run, steps: int = 3, warmup: int = 1) -> dict:
     import numpy as np
 
     from bloodcells.bench import timed_fit
+    from bloodcells.inference import predict_proba
     from bloodcells.inputs import make_dataset
-    from bloodcells.train import compiled_classifier, configure_tensorflow, predict_proba
+    from bloodcells.train import compiled_classifier, configure_tensorflow
 
     cfg = run.config(params, deterministic=False)
     configure_tensorflow(cfg)
@@ -177,10 +177,10 @@ def estimate(params: dict, root: Path | None = None, cache: Path | None = None) 
     root = root or project_root()
     cache = cache or root / ".cache" / "estimate.json"
     known = json.loads(cache.read_text()) if cache.is_file() else {}
-    n_train, n_val, _ = split_sizes(params, root)
+    n_train, n_val, n_test = split_sizes(params, root)
     machine = describe_machine(hardware())  # once: it reads /proc/cpuinfo and asks TF
     rows = []
-    for run in plan(params, n_train, n_val):
+    for run in plan(params, n_train, n_val, n_test):
         key = _calibration_key(params, run, machine)
         if key not in known:
             known[key] = calibrate(params, run)
@@ -220,7 +220,7 @@ def report(out: dict) -> str:
         f"Estimated training time, profile '{out['profile']}', {out['train_images']:,} "
         f"training images, on {out['machine']}:",
     ]
-    lines += [f"  {stage:<12} {seconds / 60:7.1f} min" for stage, seconds in stages.items()]
+    lines += [f"  {stage:<16} {seconds / 60:7.1f} min" for stage, seconds in stages.items()]
     total = out["total_seconds"]
     lines.append(f"  {'all':<12} {total / 60:7.1f} min  (~{total / 3600:.1f} h, training only)")
     return "\n".join(lines)

@@ -22,18 +22,30 @@ from bloodcells.paths import CLASSES
 from bloodcells.timing import run_provenance
 
 
-def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 15) -> float:
-    """ECE: bin predictions by confidence; average |accuracy - confidence| weighted by bin size."""
-    conf = y_prob.max(axis=1)
-    correct = (y_prob.argmax(axis=1) == y_true).astype(float)
+def confidence_bins(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 15) -> list[dict]:
+    """Predictions binned by confidence (``n_bins`` equal bins of [0, 1], right-closed):
+    per non-empty bin its mean confidence, accuracy and count. The one binning behind the
+    ECE and the reliability curves."""
+    conf = np.asarray(y_prob).max(axis=1)
+    correct = (np.asarray(y_prob).argmax(axis=1) == y_true).astype(float)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
-    return float(ece)
+    return [
+        {
+            "confidence": float(conf[bins == b].mean()),
+            "accuracy": float(correct[bins == b].mean()),
+            "count": int((bins == b).sum()),
+        }
+        for b in range(n_bins)
+        if (bins == b).any()
+    ]
+
+
+def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: bin predictions by confidence; average |accuracy - confidence| weighted by bin size."""
+    rows = confidence_bins(y_true, y_prob, n_bins)
+    n = sum(r["count"] for r in rows)
+    return float(sum(r["count"] / n * abs(r["accuracy"] - r["confidence"]) for r in rows))
 
 
 def _macro_f1_from_counts(cm: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bloodcells.evaluate import evaluate, provenance
+from bloodcells.inference import predict_proba
 from bloodcells.models import check_widths, save_for_inference
 from bloodcells.paths import (
     CLASSES,
@@ -40,7 +41,6 @@ from bloodcells.train import (
     TrainConfig,
     TrainResult,
     family_config,
-    predict_proba,
     train_model,
 )
 
@@ -70,6 +70,7 @@ def load_splits(size: int, root: Path | None = None) -> dict[str, tuple[np.ndarr
 TRAINING_CODE = (
     "experiment.py",
     "hybrid.py",
+    "inference.py",
     "inputs.py",
     "models.py",
     "preprocess.py",
@@ -78,13 +79,20 @@ TRAINING_CODE = (
 )
 
 
-def code_hash() -> str:
-    """A hash of the training path's source (:data:`TRAINING_CODE`)."""
+def source_hash(*files: str | Path) -> str:
+    """A hash of source files (a module's ``__file__``, or a name beside this module)."""
     here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in TRAINING_CODE:
-        digest.update(name.encode() + b"\0" + (here / name).read_bytes())
+    for name in files:
+        path = here / name
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def code_hash() -> str:
+    """A hash of the training path's source (:data:`TRAINING_CODE`); a study adds its own
+    module's (:func:`source_hash`) to its training key."""
+    return source_hash(*TRAINING_CODE)
 
 
 def training_key(cfg: TrainConfig, root: Path, **extra) -> str:
@@ -341,7 +349,7 @@ def run_family(params: dict, key: str, root: Path | None = None, verbose: int = 
     ]
 
 
-def _scores(y: np.ndarray, probs: np.ndarray) -> dict:
+def held_out_scores(y: np.ndarray, probs: np.ndarray) -> dict:
     """Accuracy and macro-F1 (point estimates) of one study run's held-out part."""
     from sklearn.metrics import f1_score
 
@@ -352,7 +360,7 @@ def _scores(y: np.ndarray, probs: np.ndarray) -> dict:
     }
 
 
-def _train_arrays(
+def train_arrays(
     key: str,
     name: str,
     cfg: TrainConfig,
@@ -361,7 +369,9 @@ def _train_arrays(
     root: Path,
     **extra_key,
 ) -> TrainResult:
-    """Train on ``train``, select on ``val``; time it in ``metrics/timings/<key>.json``."""
+    """Train on ``train``, select on ``val`` (a study's run ``models/<key>/<name>``'s
+    working state, resumable, removed when done); time it in
+    ``metrics/timings/train-<key>.json``."""
     dirs = run_dirs(key, name, training_key(cfg, root, study=name, **extra_key), root)
     result = train_model(cfg, *train, *val, dirs["work"], dirs["live"], verbose=0)
     record_run_timing(key, name, {"train_minutes": round(result.seconds / 60, 2)}, root)
@@ -369,18 +379,18 @@ def _train_arrays(
     return result
 
 
-def training_part(size: int, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Train and val splits together (the paper's 70%), with each row's CV fold."""
-    from bloodcells.preprocess import read_manifest
-
-    data = load_splits(size, root)
-    manifest = read_manifest(manifest_path(root))
-    folds = np.concatenate(
-        [manifest.loc[manifest["split"] == s, "fold"].to_numpy() for s in ("train", "val")]
+def study_config(params: dict, section: str, **overrides) -> TrainConfig:
+    """The training config of a study (params section ``cross_validation`` or
+    ``shuffling``): its ``family``'s recipe at the study's ``epochs``, ``image_size`` and,
+    for the CNN, ``conv_widths`` (checked against the size, naming the study's key)."""
+    study = params[section]
+    widths = study.get("conv_widths")
+    if widths is not None:
+        check_widths(widths, study["image_size"], f"{section}.conv_widths")
+        overrides = {"conv_widths": widths, **overrides}
+    return family_config(
+        params, study["family"], epochs=study["epochs"], image_size=study["image_size"], **overrides
     )
-    x = np.concatenate([np.asarray(data["train"][0]), np.asarray(data["val"][0])])
-    y = np.concatenate([data["train"][1], data["val"][1]])
-    return x, y, folds
 
 
 def best_epoch(history: pd.DataFrame) -> int | None:
@@ -388,184 +398,11 @@ def best_epoch(history: pd.DataFrame) -> int | None:
     return int(history["val_accuracy"].idxmax()) + 1 if "val_accuracy" in history else None
 
 
-def inner_split(
-    y: np.ndarray, part: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Masks (fit, inner validation) over ``y``: of the rows in ``part``, a ``fraction`` of
-    each class (at least one image of every class with two or more) held out for choosing
-    the epoch, drawn with ``seed``; rows outside ``part`` are in neither."""
-    rng = np.random.default_rng(seed)
-    inner = np.zeros(len(y), bool)
-    for label in np.unique(y[part]):
-        rows = np.flatnonzero(part & (y == label))
-        take = max(1, round(fraction * len(rows))) if len(rows) >= 2 else 0
-        inner[rng.choice(rows, take, replace=False)] = True
-    return part & ~inner, inner
-
-
-def cross_validate(params: dict, key: str, root: Path | None = None) -> dict:
-    """Stratified k-fold CV over the training part (the paper's Table 1).
-
-    Each fold trains on the other folds (oversampled with ``cv_balance`` — SMOTE in the
-    paper — inside the training folds only), picks its epoch on an inner validation split of
-    those training folds (``cv_inner_val``, stratified), and scores its held-out fold once:
-    the held-out fold steers nothing.
-    """
-    root = root or project_root()
-    entry = params["models"][key]
-    cfg = family_config(
-        params,
-        key,
-        epochs=entry["cv_epochs"],
-        balance=entry["cv_balance"],
-        image_size=entry["cv_image_size"],
-        **_widths(entry, key, "cv_conv_widths", entry["cv_image_size"]),
-    )
-    n_folds = int(entry["cv_folds"])
-    inner_val = float(entry.get("cv_inner_val", 0.1))
-
-    def compute() -> dict:
-        x, y, folds = training_part(cfg.image_size, root)
-        available = int(folds.max()) + 1
-        if n_folds > available:
-            raise ValueError(
-                f"Params key 'models.{key}.cv_folds' is {n_folds}, but the manifest has "
-                f"{available} folds ('preprocess.n_folds'); lower it or rerun preprocess."
-            )
-        rows = []
-        for k in range(n_folds):
-            held = folds == k
-            fit, inner = inner_split(y, ~held, inner_val, cfg.seed + k)
-            result = _train_arrays(
-                key, f"cv_fold{k}", cfg, (x[fit], y[fit]), (x[inner], y[inner]), root
-            )
-            probs, _ = predict_proba(result.model, x[held])
-            rows.append(
-                {
-                    "fold": k,
-                    **_scores(y[held], probs),
-                    "best_epoch": best_epoch(result.history),
-                    "train_images": result.train_size,
-                    "inner_val_images": int(inner.sum()),
-                }
-            )
-        acc = np.array([r["accuracy"] for r in rows])
-        f1 = np.array([r["macro_f1"] for r in rows])
-        return {
-            "folds": rows,
-            "accuracy_mean": float(acc.mean()),
-            "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-            "macro_f1_mean": float(f1.mean()),
-            "macro_f1_sd": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
-            "image_size": cfg.image_size,
-            "epochs": cfg.epochs,
-            "balance": cfg.balance,
-            "conv_widths": cfg.conv_widths,
-            "inner_val": inner_val,
-        }
-
-    tkey = training_key(cfg, root, study="cv", folds=n_folds, inner_val=inner_val)
-    return keyed(resolve(Path("models") / key / "cv.json", root), tkey, compute)
-
-
-def keras_validation_split(
-    x: np.ndarray, y: np.ndarray, fraction: float, order: str, seed: int
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """What ``model.fit(validation_split=fraction)`` does: validation = the LAST rows.
-
-    ``order="class_sorted"``: rows as read from class folders, one class after another;
-    ``order="shuffled"``: rows permuted with ``seed`` first (what shuffling the arrays does).
-    """
-    if order == "class_sorted":
-        idx = np.argsort(y, kind="stable")
-    elif order == "shuffled":
-        idx = np.random.default_rng(seed).permutation(len(y))
-    else:
-        raise ValueError(f"Unknown order {order!r}: use 'class_sorted' or 'shuffled'.")
-    cut = int(len(idx) * (1 - fraction))
-    tr, va = idx[:cut], idx[cut:]
-    return (x[tr], y[tr]), (x[va], y[va])
-
-
-def _widths(entry: dict, key: str, name: str, image_size: int) -> dict:
-    """``conv_widths`` for a reduced-size study when ``models.<key>.<name>`` sets it (else
-    the family's own), checked against the study's image size."""
-    if entry.get(name) is None:
-        return {}
-    check_widths(entry[name], image_size, f"models.{key}.{name}")
-    return {"conv_widths": entry[name]}
-
-
-def shuffling_study(params: dict, key: str, root: Path | None = None) -> dict:
-    """The paper's "without/with shuffling", reproduced as Keras's validation_split does it.
-
-    For each seed and both orders, train on the first 80% of the training part and select
-    on the last 20%, then score the test split. Returns the per-run accuracies, each
-    condition's mean and sd, the gap and whether it exceeds the seed-to-seed spread.
-    """
-    root = root or project_root()
-    entry = params["models"][key]
-    size = entry["shuffling_image_size"]
-    widths = _widths(entry, key, "shuffling_conv_widths", size)  # fails before any work
-    val_fraction = params["preprocess"]["val_size"]
-    seeds = [int(seed) for seed in entry["shuffling_seeds"]]
-    configs = {
-        seed: family_config(
-            params, key, epochs=entry["shuffling_epochs"], seed=seed, image_size=size, **widths
-        )
-        for seed in seeds
-    }
-
-    def compute() -> dict:
-        x, y, _ = training_part(size, root)
-        x_te, y_te = load_splits(size, root)["test"]
-        runs = []
-        for seed, cfg in configs.items():
-            for order in ("class_sorted", "shuffled"):
-                train, val = keras_validation_split(x, y, val_fraction, order, seed)
-                name = f"shuffling_{order}_s{seed}"
-                result = _train_arrays(key, name, cfg, train, val, root, order=order)
-                probs, _ = predict_proba(result.model, x_te)
-                runs.append(
-                    {
-                        "seed": seed,
-                        "order": order,
-                        "classes_in_training": int(len(np.unique(train[1]))),
-                        "classes_in_validation": int(len(np.unique(val[1]))),
-                        "test_accuracy": float((probs.argmax(axis=1) == y_te).mean()),
-                    }
-                )
-        return {"runs": runs}
-
-    tkey = training_key(
-        configs[seeds[0]], root, study="shuffling", seeds=seeds, val_fraction=val_fraction
-    )
-    runs = keyed(resolve(Path("models") / key / "shuffling.json", root), tkey, compute)["runs"]
-    summary = {}
-    for order in ("class_sorted", "shuffled"):
-        acc = np.array([r["test_accuracy"] for r in runs if r["order"] == order])
-        summary[order] = {
-            "mean": float(acc.mean()),
-            "sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-        }
-    gap = summary["shuffled"]["mean"] - summary["class_sorted"]["mean"]
-    spread = max(summary["shuffled"]["sd"], summary["class_sorted"]["sd"])
-    return {
-        "runs": runs,
-        "summary": summary,
-        "gap": float(gap),
-        "max_seed_sd": float(spread),
-        "gap_exceeds_2sd": bool(abs(gap) > 2 * spread),
-        "image_size": size,
-        "epochs": entry["shuffling_epochs"],
-        "conv_widths": configs[seeds[0]].conv_widths,
-    }
-
-
 def train_stage(params: dict, key: str, root: Path | None = None, verbose: int = 2) -> list[str]:
-    """Everything the ``train@<key>`` stage trains: each variant of ``models.<key>``, and
-    the family's cross-validation and shuffling studies where its params configure them
-    (the hybrid's and SupCon's own recipes for those keys). Returns what it made."""
+    """Everything the ``train@<key>`` stage trains: each variant of ``models.<key>`` (the
+    hybrid's and SupCon's own recipes for those keys). Returns what it made. The
+    cross-validation and shuffling studies are stages of their own
+    (:mod:`bloodcells.crossval`, :mod:`bloodcells.shuffling`)."""
     root = root or project_root()
     if key == "hybrid":
         from bloodcells.hybrid import train_hybrid
@@ -580,13 +417,6 @@ def train_stage(params: dict, key: str, root: Path | None = None, verbose: int =
     for variant, opt in family_variants(params, key):
         train_variant(params, key, variant, opt, root=root, verbose=verbose)
         made.append(variant)
-    entry = params["models"][key]
-    if entry.get("cv_folds"):
-        cross_validate(params, key, root)
-        made.append("cv")
-    if entry.get("shuffling_seeds"):
-        shuffling_study(params, key, root)
-        made.append("shuffling")
     return made
 
 
@@ -596,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     from bloodcells.config import load_params
 
     parser = argparse.ArgumentParser(
-        description="Train one family (the train@<key> stage): models, predictions, studies."
+        description="Train one family (the train@<key> stage): its models and predictions."
     )
     parser.add_argument("key", help="a models.<key> entry of params.yaml, e.g. cnn")
     args = parser.parse_args(argv)

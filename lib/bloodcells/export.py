@@ -14,7 +14,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from bloodcells.paths import CLASSES, project_root, resolve
+from bloodcells.paths import CLASSES, manifest_path, project_root, resolve
 
 METADATA = "bloodcells.json"
 
@@ -23,8 +23,12 @@ class NotAModelError(ValueError):
     """The file is not a model exported by this project."""
 
 
-def export_model(record: dict, source: Path, dest: Path) -> Path:
-    """Copy ``source`` (a saved .keras model) to ``dest`` with the run's metadata inside."""
+def export_model(
+    record: dict, source: Path, dest: Path, images: int | None = None, ece_bins: int = 15
+) -> Path:
+    """Copy ``source`` (a saved .keras model) to ``dest`` with the run's metadata inside;
+    ``images``: how many images the study kept (train, validation and test together),
+    ``ece_bins``: the bins its ECE was computed with."""
     from bloodcells.models import stable_archive
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +53,10 @@ def export_model(record: dict, source: Path, dest: Path) -> Path:
             "test_macro_f1_ci95": test["ci95"]["macro_f1"],
             "test_balanced_accuracy": test["balanced_accuracy"],
             "test_ece": test["ece"],
+            "ece_bins": ece_bins,
             "per_class": test["per_class"],
         },
+        "images": images,
         "data_hash": record["provenance"]["data_hash"],
         "git_commit": record["provenance"]["git_commit"],
         "profile": record["provenance"]["profile"],
@@ -115,12 +121,13 @@ weights `{metadata["weights"]}`, {metadata["epochs"]} epoch(s), profile `{metada
 git commit `{metadata["git_commit"]}`. Preprocessing: {metadata["preprocessing"]}.
 
 ## Data and its limits
-Trained and tested on the PBC dataset (Acevedo et al., Data in Brief 30, 2020, CC BY 4.0):
-17,092 images of normal cells from one laboratory (Hospital Clinic of Barcelona), one
-scanner (CellaVision DM96) and one staining protocol, cleaned of a non-image, duplicates and
-a label conflict (data hash `{metadata["data_hash"][:16]}`). The split is by image: there is
-no patient identifier, so images of the same patient may fall on both sides. Expect lower
-scores on other laboratories, scanners, stains and on pathological cells.
+Trained, validated and tested on {_images(metadata)} of the PBC dataset (Acevedo et al.,
+Data in Brief 30, 2020, CC BY 4.0): normal cells from one laboratory (Hospital Clinic of
+Barcelona), one scanner (CellaVision DM96) and one staining protocol, cleaned of non-images,
+duplicates and label conflicts (data hash `{metadata["data_hash"][:16]}`). The split is by
+image: there is no patient identifier, so images of the same patient may fall on both
+sides. Expect lower scores on other laboratories, scanners, stains and on pathological
+cells.
 
 ## Metrics (held-out test split, 95% bootstrap CIs)
 - accuracy {100 * m["test_accuracy"]:.2f}% [{100 * acc_ci[0]:.2f}, {100 * acc_ci[1]:.2f}]
@@ -132,9 +139,15 @@ scores on other laboratories, scanners, stains and on pathological cells.
 {rows}
 
 ## Calibration
-Expected calibration error on the test split: {m["test_ece"]:.4f} (15 bins). Probabilities
-are the softmax outputs; see notebook 12 for reliability diagrams and temperature scaling.
+Expected calibration error on the test split: {m["test_ece"]:.4f} ({m["ece_bins"]} bins).
+Probabilities are the softmax outputs; see notebook 12 for reliability diagrams and
+temperature scaling.
 """
+
+
+def _images(metadata: dict) -> str:
+    n = metadata.get("images")
+    return f"{n:,} images" if n else "the images"
 
 
 def card_html(markdown_text: str) -> str:
@@ -156,6 +169,7 @@ def export_best(root: Path | None = None) -> Path:
     """Export the model chosen on validation (``metrics/summary.json``) with its model card."""
     from bloodcells.config import load_params
     from bloodcells.experiment import evaluate_run, read_run
+    from bloodcells.preprocess import read_manifest
 
     root = root or project_root()
     summary = json.loads((root / "metrics" / "summary.json").read_text())
@@ -164,8 +178,16 @@ def export_best(root: Path | None = None) -> Path:
     if not matches:
         raise FileNotFoundError(f"No run.json for the best model {best!r} under models/.")
     key = matches[0].parent.parent.name
-    record = evaluate_run(load_params(), read_run(key, best, root), root)
-    dest = export_model(record, matches[0].parent / "model.keras", root / "export" / "best.keras")
+    params = load_params()
+    record = evaluate_run(params, read_run(key, best, root), root)
+    manifest = read_manifest(manifest_path(root))
+    dest = export_model(
+        record,
+        matches[0].parent / "model.keras",
+        root / "export" / "best.keras",
+        images=int(manifest["split"].isin(["train", "val", "test"]).sum()),
+        ece_bins=int(params["evaluate"]["ece_bins"]),
+    )
     card = model_card(read_metadata(dest))
     (root / "reports" / "model_card.md").write_text(card)
     (root / "reports" / "model_card.html").write_text(card_html(card))

@@ -154,7 +154,8 @@ def two_view_dataset(
     full_batches: bool = True,
 ):
     """SupCon's batches: 2B images, two independent augmentations (dihedral + contrast and
-    brightness) of B images, and their integer labels. Training takes full batches only
+    brightness) of B images, interleaved (rows 2k and 2k+1 are image k's views), and their
+    integer labels. Training takes full batches only
     (``full_batches``); validation keeps the short last one, so a split smaller than one
     batch is still scored."""
     import tensorflow as tf
@@ -167,7 +168,11 @@ def two_view_dataset(
         one = jitter_batch(dihedral_batch(xb, coins[:, 0:3] < 0.5), coins[:, 3:5])
         two = jitter_batch(dihedral_batch(xb, coins[:, 5:8] < 0.5), coins[:, 8:10])
         yb = tf.gather(labels, idx)
-        return tf.concat([one, two], 0), tf.concat([yb, yb], 0)
+        # interleaved (image 0 view 1, image 0 view 2, image 1 view 1, ...): a mirrored
+        # strategy splits a batch into contiguous shares, so each replica gets both views
+        # of its images, the positive pairs the loss contrasts
+        pairs = tf.reshape(tf.stack([one, two], 1), tf.concat([[-1], tf.shape(xb)[1:]], 0))
+        return pairs, tf.repeat(yb, 2)
 
     ds = epoch_batches(len(x), batch_size, seed, epochs, first_epoch, 10, full_batches)
     return ds.map(views, num_parallel_calls=2).prefetch(2)

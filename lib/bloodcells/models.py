@@ -17,7 +17,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
-WEIGHTS = ("none", "imagenet")
+from bloodcells.config import WEIGHTS
+
 # Keras's default BatchNormalization momentum (0.99) lets the moving statistics lag far
 # behind fast-changing weights in the few epochs a CPU budget allows: a model trained from
 # scratch for one epoch then scores at chance in inference mode. 0.9 tracks them closely.
@@ -223,7 +224,9 @@ def build_backbone(
 ) -> keras.Model:
     """The feature extractor of a family, taking preprocessed float input.
 
-    ``conv_widths`` sets the CNN's filters per block (default :data:`CNN_WIDTHS`).
+    ``conv_widths`` sets the CNN's filters per block (default :data:`CNN_WIDTHS`). Built
+    from scratch, every BatchNormalization layer gets :data:`BN_MOMENTUM`, whichever model
+    (classifier, SupCon encoder, hybrid branch) the backbone goes into.
     """
     inputs = keras.Input((image_size, image_size, 3), name="scaled")
     if family.name == "cnn":
@@ -234,7 +237,11 @@ def build_backbone(
     if weights == "imagenet":
         return _imagenet_backbone(family, image_size)
     ctor = getattr(keras.applications, family.application)
-    return ctor(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    backbone = ctor(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
+    return backbone
 
 
 def freeze_fraction(backbone: keras.Model, fraction: float) -> int:
@@ -274,10 +281,6 @@ def build_model(
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = Preprocess(fam.preprocess, name="preprocess")(inputs)
     backbone = build_backbone(fam, image_size, weights, conv_widths)
-    if weights == "none":
-        for layer in backbone.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.momentum = BN_MOMENTUM
     if frozen_fraction:
         freeze_fraction(backbone, frozen_fraction)
     x = backbone(x)

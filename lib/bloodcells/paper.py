@@ -117,6 +117,27 @@ PROTOCOL_NOTES: dict[str, str] = {
     "supcon": f"{NOT_READABLE}; ResNet50V2 encoder per the paper",
 }
 
+#: per model of Tables 2/3: what its "with shuffling" run changed besides the pre-shuffle
+#: (``split``: another test split; ``same split``: the same one; ``None``: not known), and
+#: the other settings it changed at the same time (seed-code.md)
+SHUFFLED_CHANGED: dict[str, tuple[str | None, str]] = {
+    "cnn": (None, ""),
+    "unet": ("same split", ""),  # one 80/20 split; both generators shuffle anyway
+    "resnet50_sgd": ("split", ""),
+    "resnet50_rmsprop": ("split", ""),
+    "densenet201": (
+        "split",
+        "head without BatchNorm, sparse cross-entropy, batch 64, no EarlyStopping or "
+        "ReduceLROnPlateau",
+    ),
+    "vgg16": ("split", ""),  # flow(shuffle=) only reorders already-mixed batches
+    "supcon": (None, ""),
+    "mobilenetv2": (None, ""),
+    "inceptionv3": ("split", ""),
+    "xception": ("split", ""),
+    "hybrid": ("split", "both branches frozen, head trained 5 epochs (unshuffled: 10, unfrozen)"),
+}
+
 #: every notebook: no seeds anywhere, one run per condition
 COMMON_NOTES = (
     "No seed calls in any notebook and one run per condition; both conditions train on "

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells import champion, shift
+from bloodcells import shift
 from bloodcells.config import ParamsError, load_params
 from bloodcells.paths import manifest_path, processed_dir, project_root
 
@@ -46,7 +46,7 @@ def stage_params(params: dict) -> dict[str, dict]:
         "compare": {
             "profile": params["profile"],
             "evaluate": params["evaluate"],
-            "champion": champion.check_params(params["champion"]),
+            "champion": params["champion"],
         },
         "generalisation": {
             "profile": params["profile"],
@@ -54,25 +54,45 @@ def stage_params(params: dict) -> dict[str, dict]:
         },
     }
     split = {k: params["preprocess"][k] for k in SPLIT_KEYS}
-    # what the `inputs` stage reads: which sizes each family trains on, nothing else
-    out["sizes"] = {key: sizes_used(params, key) for key in params["models"]}
+    # what the `inputs` stage reads: which sizes each trainer reads, nothing else
+    out["sizes"] = {key: sizes_used(params, key) for key in trainers(params)}
     for key, entry in params["models"].items():
         out[f"train-{key}"] = {
             "preprocess": split,
             "train": params["train"],
             "models": {key: entry},
         }
+    for study in STUDIES:  # a study trains its family's recipe with settings of its own
+        family = params[study]["family"]
+        recipe = {k: v for k, v in params["models"][family].items() if k not in OVERRIDDEN}
+        out[study] = {
+            "preprocess": split,
+            "train": params["train"],
+            "models": {family: recipe},
+            study: params[study],
+        }
     return out
 
 
+#: params sections that are studies of their own, each a training stage
+#: (``cross-validation``: :mod:`bloodcells.crossval`; ``shuffling``: :mod:`bloodcells.shuffling`)
+STUDIES = ("cross_validation", "shuffling")
+#: a family's keys that a study sets itself: editing them in ``models`` leaves it alone
+OVERRIDDEN = ("epochs", "image_size", "conv_widths")
+
+
+def trainers(params: dict) -> list[str]:
+    """Every training stage's key: the families, then the studies."""
+    return [*params["models"], *STUDIES]
+
+
 def sizes_used(params: dict, key: str) -> list[int]:
-    """Every cached image size the ``key`` family's training stage reads."""
+    """Every cached image size the training stage ``key`` (a family or a study) reads."""
+    if key in STUDIES:
+        return [int(params[key]["image_size"])]
     entry = params["models"][key]
-    sizes = {entry.get("image_size") or params["train"].get("image_size")}
-    for name in ("cv_image_size", "shuffling_image_size"):
-        if entry.get(name) and (entry.get("cv_folds") or entry.get("shuffling_seeds")):
-            sizes.add(entry[name])
-    return sorted(int(s) for s in sizes if s)
+    size = entry.get("image_size") or params["train"].get("image_size")
+    return [int(size)] if size else []
 
 
 def file_sha256(path: Path) -> str:
@@ -84,7 +104,8 @@ def file_sha256(path: Path) -> str:
 
 
 def stage_inputs(params: dict, root: Path) -> dict[str, dict]:
-    """``{key: {"manifest": sha, "<size>": {array file: sha}}}`` for every family."""
+    """``{key: {"manifest": sha, "<size>": {array file: sha}}}`` for every family and
+    study."""
     cache: dict[Path, str] = {}
 
     def sha(path: Path) -> str:
@@ -94,19 +115,25 @@ def stage_inputs(params: dict, root: Path) -> dict[str, dict]:
 
     manifest = sha(manifest_path(root))
     out = {}
-    for key in params["models"]:
+    for key in trainers(params):
         body: dict = {"manifest": manifest}
         for size in sizes_used(params, key):
             folder = processed_dir(size, root)
             arrays = sorted(folder.glob("*.npy"))
             if not arrays:
                 raise FileNotFoundError(
-                    f"No cached arrays in {folder}: models.{key} uses {size} px. Add {size} "
-                    "to 'preprocess.image_sizes' in params.yaml and rerun the 'preprocess' stage."
+                    f"No cached arrays in {folder}: {where(params, key)} uses {size} px. Add "
+                    f"{size} to 'preprocess.image_sizes' in params.yaml and rerun the "
+                    "'preprocess' stage."
                 )
             body[str(size)] = {a.name: sha(a) for a in arrays}
         out[key] = body
     return out
+
+
+def where(params: dict, key: str) -> str:
+    """The params key that sets a trainer's image size, for error messages."""
+    return f"{key}.image_size" if key in STUDIES else f"models.{key}"
 
 
 def write_all(files: dict[str, dict], folder: Path) -> list[Path]:

@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from bloodcells.export import NotAModelError, load_exported
+from bloodcells.inference import predict_proba
 from bloodcells.preprocess import load_resized
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no CUDA-probing chatter on a CPU
@@ -58,12 +59,6 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise ValueError(f"cannot decode ({exc}); truncated or corrupt?") from exc
 
 
-def _feed(model, batch: np.ndarray):
-    """The batch in the input structure the model was built with (a one-input list for the
-    exported models), so Keras does not warn that the structures differ."""
-    return [batch] if isinstance(getattr(model, "input", None), list) else batch
-
-
 def predict_files(
     model, metadata: dict, files: list[Path], batch_size: int = 64, progress: bool = True
 ):
@@ -79,7 +74,7 @@ def predict_files(
                 ok.append(path)
             except ValueError as exc:
                 failed.append((path, str(exc)))
-        probs = np.asarray(model(_feed(model, np.stack(images)), training=False)) if images else []
+        probs = predict_proba(model, np.stack(images), batch_size)[0] if images else []
         yield from ((p, pr, None) for p, pr in zip(ok, probs, strict=True))
         yield from ((p, None, e) for p, e in failed)
         bar.update(len(chunk))

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
+from bloodcells.config import ParamsError
+
 SEVERITIES = (1, 2, 3)
 
 #: Ruifrok & Johnston's stain vectors (haematoxylin, eosin, DAB) as rows, RGB columns
@@ -248,19 +250,19 @@ def check_params(section: dict) -> dict:
     """The ``generalisation`` params, checked; errors name the key and what to do."""
     n = section.get("test_images")
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(
+        raise ParamsError(
             f"Params key 'generalisation.test_images' must be 0 (all) or a positive number "
             f"of test images; got {n!r}."
         )
     sev = section.get("severities")
     if not sev or not all(s in SEVERITIES for s in sev):
-        raise ValueError(
+        raise ParamsError(
             f"Params key 'generalisation.severities' must list some of {list(SEVERITIES)}; "
             f"got {sev!r}."
         )
     ext = section.get("external")
     if not isinstance(ext, list) or not all(isinstance(e, str) for e in ext):
-        raise ValueError(
+        raise ParamsError(
             "Params key 'generalisation.external' must be a list of folder paths "
             f"(<class>/<image> inside); got {ext!r}."
         )

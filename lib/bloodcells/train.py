@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bloodcells.config import BALANCE, OPTIMIZERS
 from bloodcells.inputs import make_dataset, steps_per_epoch
 from bloodcells.models import (
     ModelConfigError,
@@ -28,9 +29,6 @@ from bloodcells.models import (
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-OPTIMIZERS = ("adam", "rmsprop", "sgd")
-BALANCE = ("none", "class_weight", "smote")
 
 
 @dataclass
@@ -266,6 +264,28 @@ def time_left(epochs: int, label: str = ""):
     return keras.callbacks.LambdaCallback(on_train_begin=begin, on_epoch_end=end)
 
 
+def training_clock():
+    """A Keras callback that times the training part of each epoch, validation excluded:
+    ``.state["seconds"]`` summed over the epochs this call ran, ``.state["epochs"]``."""
+    import keras
+
+    state = {"seconds": 0.0, "epochs": 0, "t0": None}
+
+    def begin(epoch, logs=None):
+        state["t0"] = time.perf_counter()
+
+    def stop(*_, **__):  # validation starts (or the epoch ends without one)
+        if state["t0"] is not None:
+            state["seconds"] += time.perf_counter() - state["t0"]
+            state["epochs"] += 1
+            state["t0"] = None
+
+    callback = keras.callbacks.LambdaCallback(on_epoch_begin=begin, on_epoch_end=stop)
+    callback.on_test_begin = stop
+    callback.state = state
+    return callback
+
+
 def epoch_seeds(seed: int):
     """A Keras callback that sets every random-number generator of the model (dropout's
     Keras ``SeedGenerator`` states) from (``seed``, epoch) when each epoch begins.
@@ -476,6 +496,7 @@ def train_model(
         first_epoch=completed_epochs(work_dir),
     )
     val_ds = make_dataset(x_val, y_val, max(batch_size, 128), False, n_classes=n_classes)
+    clock = training_clock()
     model, history, seconds = fit_resumable(
         model,
         train_ds,
@@ -484,29 +505,19 @@ def train_model(
         work_dir,
         live_dir,
         class_weight=class_weight,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), clock],
         verbose=verbose,
         steps=steps_per_epoch(len(x_train), batch_size),
         seed=cfg.seed,
     )
+    trained = clock.state  # the epochs of this call, validation passes excluded
     return TrainResult(
         model=model,
         history=history,
         seconds=seconds,
-        images_per_second=len(x_train) * cfg.epochs / seconds if seconds else 0.0,
+        images_per_second=(
+            len(x_train) * trained["epochs"] / trained["seconds"] if trained["seconds"] else 0.0
+        ),
         config=asdict(cfg),
         train_size=len(x_train),
     )
-
-
-def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
-    """Class probabilities for uint8 images, and inference throughput in images/s."""
-    import tensorflow as tf
-
-    t0 = time.perf_counter()
-    probs = []
-    for start in range(0, len(x), batch_size):
-        batch = tf.convert_to_tensor(np.asarray(x[start : start + batch_size]))
-        probs.append(np.asarray(model(batch, training=False)))
-    seconds = time.perf_counter() - t0
-    return np.concatenate(probs), (len(x) / seconds if seconds else 0.0)
