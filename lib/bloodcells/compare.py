@@ -230,10 +230,7 @@ def conclusion(runs: list[dict], tests: pd.DataFrame, champion: dict | None = No
 
 
 def load_model(run: dict, root: Path | None = None):
-    """The saved Keras model of a run, loaded in safe mode."""
-    import keras
+    """The saved Keras model of a run (:func:`bloodcells.models.load_saved`)."""
+    from bloodcells.models import load_saved
 
-    import bloodcells.models  # noqa: F401 - registers the Preprocess layer for loading
-
-    path = resolve(Path("models") / run["key"] / run["variant"] / "model.keras", root)
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    return load_saved(resolve(Path("models") / run["key"] / run["variant"] / "model.keras", root))

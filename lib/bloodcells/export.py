@@ -83,18 +83,13 @@ def read_metadata(path: Path) -> dict:
 
 
 def load_exported(path: Path):
-    """(model, metadata) of an exported model, loaded in Keras's safe mode.
-
-    Safe mode refuses to deserialise arbitrary Python code (lambda layers), so a crafted
-    model file cannot run code when it is loaded.
-    """
-    import keras
-
-    import bloodcells.models  # noqa: F401 - registers the Preprocess layer for loading
+    """(model, metadata) of an exported model, loaded in Keras's safe mode
+    (:func:`bloodcells.models.load_saved`): a crafted model file cannot run code."""
+    from bloodcells.models import load_saved
 
     metadata = read_metadata(path)
     try:
-        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        model = load_saved(path)
     except Exception as exc:  # Keras raises several types for a bad archive
         raise NotAModelError(f"{path}: cannot be loaded as a Keras model ({exc}).") from exc
     return model, metadata

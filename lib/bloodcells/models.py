@@ -296,6 +296,14 @@ def build_model(
 HYBRID_BRANCHES = {"inceptionv3": "inception_v3", "xception": "xception"}
 
 
+def load_saved(path: Path) -> keras.Model:
+    """A saved model of this study (a run's ``model.keras``, a hybrid branch's, the exported
+    one), for prediction: Keras's safe mode, which refuses to deserialise arbitrary Python
+    code (a crafted file cannot run code when loaded), without compile state. The one
+    loader: this module defines the ``Preprocess`` layer the files hold."""
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
 def branch_backbone(path: Path, family: str, image_size: int) -> keras.Model:
     """The trained backbone inside a saved family model (stages 08 and 09)."""
     if not path.is_file():
@@ -303,7 +311,7 @@ def branch_backbone(path: Path, family: str, image_size: int) -> keras.Model:
             f"{path} does not exist: run the '{family}' training stage first, or set "
             "'models.hybrid.from_stages' to false to train both branches here."
         )
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    model = load_saved(path)
     if model.input_shape[1] != image_size:
         raise ModelConfigError(
             f"{path} was trained at {model.input_shape[1]} px but 'models.hybrid.image_size' "
