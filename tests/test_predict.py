@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from bloodcells import experiment, export, predict
+from bloodcells import experiment, export, ood, predict
 from bloodcells.config import load_params
 from tests.conftest import ROOT, mini_project
 
@@ -23,8 +26,18 @@ def exported(tmp_path_factory, built, sample_dir):
     root = mini_project(tmp_path_factory.mktemp("predict"), manifest, sample_dir)
     params = load_params(ROOT / "params.yaml", profile="smoke")
     record = experiment.run_variant(params, "cnn", root=root, verbose=0, epochs=1)
+    data = experiment.load_splits(32, root)
+    preds = experiment.load_predictions("cnn", "cnn", root)
+    detector = ood.fit_detector(
+        np.asarray(data["train"][0]), preds["val_probs"], preds["val_y"], data["val"][0], 0.05
+    )
     path = export.export_model(
-        record, root / "models/cnn/cnn/model.keras", root / "best.keras", images=106, ece_bins=10
+        record,
+        root / "models/cnn/cnn/model.keras",
+        root / "best.keras",
+        images=106,
+        ece_bins=10,
+        ood=detector.to_json(),
     )
     test_files = [sample_dir / p for p in manifest.loc[manifest["split"] == "test", "path"]]
     probs = np.load(root / "models/cnn/cnn/predictions.npz")["test_probs"]
@@ -36,7 +49,7 @@ def test_round_trip_matches_the_evaluation_predictions(exported):
     model, meta = export.load_exported(path)
     assert meta["input_size"] == 32 and len(meta["classes"]) == 8
     got = dict(
-        (p, pr) for p, pr, err in predict.predict_files(model, meta, files, 16, progress=False)
+        (p, pr) for p, pr, *_ in predict.predict_files(model, meta, files, 16, progress=False)
     )
     assert len(got) == len(files)
     np.testing.assert_allclose(np.stack([got[f] for f in files]), expected, rtol=1e-4, atol=1e-6)
@@ -58,10 +71,41 @@ def test_cli_writes_csv_and_json(exported, tmp_path, capsys):
     out = capsys.readouterr()
     assert "images/s" in out.err
     rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert rows[0].startswith("file,prediction,probability,p_basophil")
+    assert rows[0].startswith(
+        "file,prediction,probability,unlike_training,why,calibrated_confidence,colour_distance,"
+        "p_basophil"
+    )
     data = json.loads((tmp_path / "p.json").read_text())
     probs = [sum(v for k, v in r.items() if k.startswith("p_")) for r in data["predictions"]]
     assert np.allclose(probs, 1, atol=1e-4)
+
+
+def test_the_cli_flags_images_unlike_the_training_data_with_a_clean_console(exported, tmp_path):
+    # a real process, as a user runs it: TensorFlow's native start-up lines and Keras
+    # warnings would reach its stderr; the detector travels in the exported model
+    path, files, _ = exported
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for f in files[:6]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    Image.open(files[0]).convert("L").save(folder / "grey.tiff")  # no stain colours at all
+    cli = Path(sys.executable).parent / "bloodcells-predict"
+    done = subprocess.run(
+        [str(cli), str(path), str(folder), "--json", str(tmp_path / "o.json"), "--csv",
+         str(tmp_path / "o.csv")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for noise in ("absl", "oneDNN", "cuInit", "cuda", "Warning", "warn("):
+        assert noise not in done.stderr + done.stdout, (noise, done.stderr)
+    rows = {Path(r["file"]).name: r for r in json.loads((tmp_path / "o.json").read_text())[
+        "predictions"]}  # fmt: skip
+    assert rows["grey.tiff"]["unlike_training"] is True
+    assert "unusual colours" in rows["grey.tiff"]["why"]
+    assert "grey.tiff" in done.stdout and "UNLIKE TRAINING DATA" in done.stdout
+    assert "flagged as unlike the training data" in done.stderr
+    header = (tmp_path / "o.csv").read_text().splitlines()[0].split(",")
+    assert header[:5] == ["file", "prediction", "probability", "unlike_training", "why"]
 
 
 def test_any_common_format_and_mode(exported, tmp_path):
@@ -208,7 +252,7 @@ def test_external_folder_is_scored_on_its_classes(exported, tmp_path, capsys):
     good = [p for p in sorted(lab.rglob("*.*")) if p.name != "broken.png"]
     assert result["images"] == len(good)
     # the same numbers from the model's own probabilities on the same files
-    probs = {p: pr for p, pr, _ in predict.predict_files(model, meta, good, 16, progress=False)}
+    probs = {p: pr for p, pr, *_ in predict.predict_files(model, meta, good, 16, progress=False)}
     names = {"SNE": "neutrophil", "Lymphocytes": "lymphocyte", "EOSINOPHIL": "eosinophil"}
     y = np.array([external.CLASSES.index(names[p.parent.name]) for p in good])
     p = np.stack([probs[f] for f in good])
@@ -216,6 +260,14 @@ def test_external_folder_is_scored_on_its_classes(exported, tmp_path, capsys):
     idx = [external.CLASSES.index(c) for c in result["classes_present"]]
     restricted = np.array(idx)[p[:, idx].argmax(1)]
     assert result["present_classes"]["accuracy"] == pytest.approx(float((restricted == y).mean()))
+    # the model's detector judged every scored image; its flags are listed and counted
+    flagged = {
+        str(q.path)
+        for q in predict.predict_files(model, meta, good, 16, progress=False)
+        if q.ood["flagged"]
+    }
+    assert {f["file"] for f in result["unlike_training"]} == flagged
+    assert f"{len(flagged)} of {len(good)} image(s) flagged" in external.format_scores(result)
     assert result["present_classes"]["accuracy"] >= result["all_classes"]["accuracy"]
     assert "argmax over the classes present" in capsys.readouterr().out
 

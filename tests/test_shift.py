@@ -103,3 +103,34 @@ def test_shift_heatmap_has_a_cell_per_model_and_case():
     fig = plots.shift_heatmap(table)
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["clean", "noise 1", "noise 2"]
+
+
+def test_flag_table_counts_what_the_detector_flags_per_shift(images, built, sample_dir):
+    """A detector fitted on the sample's training colours meets a strong stain shift: it
+    flags more of those images than of the clean ones, and the table's shares and
+    accuracies are the detector's own flags, case by case."""
+    from bloodcells.ood import fit_detector
+
+    manifest = built[0]
+    train = np.stack(
+        [
+            load_resized(sample_dir / p, 32)
+            for p in manifest.loc[manifest["split"] == "train", "path"]
+        ]
+    )
+    x = images[32]
+    y = np.arange(len(x)) % 8
+    sure = np.eye(8)[y] * 0.9 + 0.1 / 8  # confident and right: only colour can flag
+
+    def predict(batch):
+        return sure[np.arange(len(batch)) % len(y)]
+
+    detector = fit_detector(train, sure, y, x, false_flag_rate=0.1)
+    table = shift.flag_table(detector, predict, x, y, ["stain (HED)", "saturation"], (3,), 0)
+    assert list(table["shift"]) == ["none", "stain (HED)", "saturation"]
+    for _, row in table.iterrows():
+        images_ = x if row["shift"] == "none" else shift.apply(x, row["shift"], 3, 0)
+        flagged = detector.flags(sure, images_)["flagged"]
+        assert row["flagged"] == pytest.approx(flagged.mean())
+    clean = table.iloc[0]["flagged"]
+    assert table.iloc[1:]["flagged"].max() > clean

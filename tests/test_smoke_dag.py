@@ -265,3 +265,11 @@ def test_generalisation_report_shows_every_model_under_every_shift(smoke_project
     ).replace("</strong>", "")
     assert "No external folders listed" in html
     assert html.count("data:image/png;base64") >= 2  # the strip and the heatmap
+    # the exported model's out-of-distribution detector met every shift
+    from bloodcells.export import read_metadata
+
+    detector = read_metadata(smoke_project / "export/best.keras")["ood"]
+    ood = out["ood"]
+    assert ood["false_flag_rate_on_validation"] == detector["false_flag_rate"]
+    assert 0.0 <= ood["flagged_clean_test"] <= 1.0 and 0.0 <= ood["flagged_under_shift"] <= 1.0
+    assert "unlike its training data" in html

@@ -14,6 +14,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 from bloodcells.paths import CLASSES, manifest_path, project_root, resolve
 
 METADATA = "bloodcells.json"
@@ -24,11 +26,18 @@ class NotAModelError(ValueError):
 
 
 def export_model(
-    record: dict, source: Path, dest: Path, images: int | None = None, ece_bins: int = 15
+    record: dict,
+    source: Path,
+    dest: Path,
+    images: int | None = None,
+    ece_bins: int = 15,
+    ood: dict | None = None,
 ) -> Path:
     """Copy ``source`` (a saved .keras model) to ``dest`` with the run's metadata inside;
     ``images``: how many images the study kept (train, validation and test together),
-    ``ece_bins``: the bins its ECE was computed with."""
+    ``ece_bins``: the bins its ECE was computed with, ``ood``: the out-of-distribution
+    detector (:class:`bloodcells.ood.Detector` as JSON) that ``bloodcells-predict`` flags
+    inputs with."""
     from bloodcells.models import stable_archive
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +66,7 @@ def export_model(
             "per_class": test["per_class"],
         },
         "images": images,
+        "ood": ood,
         "data_hash": record["provenance"]["data_hash"],
         "git_commit": record["provenance"]["git_commit"],
         "profile": record["provenance"]["profile"],
@@ -137,6 +147,20 @@ cells.
 Expected calibration error on the test split: {m["test_ece"]:.4f} ({m["ece_bins"]} bins).
 Probabilities are the softmax outputs; see notebook 12 for reliability diagrams and
 temperature scaling.
+{_ood_section(metadata.get("ood"))}"""
+
+
+def _ood_section(ood: dict | None) -> str:
+    if not ood:
+        return ""
+    return f"""
+## Inputs unlike the training data
+`bloodcells-predict` and `bloodcells-evaluate` flag an image whose temperature-scaled
+confidence (T = {ood["temperature"]:.2f}) is below {ood["confidence_threshold"]:.3f}, or whose
+colour statistics lie further than {ood["colour_threshold"]:.2f} (Mahalanobis) from the
+training images'.
+Each threshold flags {100 * ood["false_flag_rate"]:.0f}% of the validation images; notebook 13
+measures how often each shift of the test images is flagged.
 """
 
 
@@ -163,7 +187,8 @@ def card_html(markdown_text: str) -> str:
 def export_best(root: Path | None = None) -> Path:
     """Export the model chosen on validation (``metrics/summary.json``) with its model card."""
     from bloodcells.config import load_params
-    from bloodcells.experiment import evaluate_run, read_run
+    from bloodcells.experiment import evaluate_run, load_predictions, load_splits, read_run
+    from bloodcells.ood import fit_detector
     from bloodcells.preprocess import read_manifest
 
     root = root or project_root()
@@ -176,12 +201,19 @@ def export_best(root: Path | None = None) -> Path:
     params = load_params()
     record = evaluate_run(params, read_run(key, best, root), root)
     manifest = read_manifest(manifest_path(root))
+    # the detector: colour statistics of the training images, thresholds on validation
+    data = load_splits(record["image_size"], root)
+    preds = load_predictions(key, best, root)
+    detector = fit_detector(
+        np.asarray(data["train"][0]), preds["val_probs"], preds["val_y"], np.asarray(data["val"][0])
+    )
     dest = export_model(
         record,
         matches[0].parent / "model.keras",
         root / "export" / "best.keras",
         images=int(manifest["split"].isin(["train", "val", "test"]).sum()),
         ece_bins=int(params["evaluate"]["ece_bins"]),
+        ood=detector.to_json(),
     )
     card = model_card(read_metadata(dest))
     (root / "reports" / "model_card.md").write_text(card)

@@ -114,18 +114,22 @@ def score_folder(model, metadata: dict, folder: Path, batch_size: int = 64) -> d
 
     files, y, present = labelled_files(folder)
     row = {path: i for i, path in enumerate(files)}
-    probs, keep, errors = [], [], []
-    for path, p, error in predict_files(model, metadata, files, batch_size, progress=False):
+    probs, keep, errors, flagged = [], [], [], []
+    for path, p, error, ood in predict_files(model, metadata, files, batch_size, progress=False):
         if error:
             errors.append({"file": str(path), "error": error})
         else:
             probs.append(p)
             keep.append(row[path])
+            if ood and ood["flagged"]:
+                flagged.append({"file": str(path), "why": ood["reason"]})
     if not probs:
         raise ValueError(f"{folder}: none of its {len(files)} images could be read.")
     out = scores(y[keep], np.stack(probs), present)
     out["folder"] = str(folder)
     out["errors"] = errors
+    # images the model's detector finds unlike its training data (None: it has none)
+    out["unlike_training"] = flagged if metadata.get("ood") else None
     return out
 
 
@@ -143,6 +147,11 @@ def format_scores(result: dict) -> str:
             f"{100 * s['balanced_accuracy']:.2f}%"
         )
         lines += [f"    recall {c:<13} {100 * r:6.2f}%" for c, r in s["per_class_recall"].items()]
+    if result.get("unlike_training") is not None:
+        lines.append(
+            f"  {len(result['unlike_training'])} of {result['images']} image(s) flagged as "
+            "unlike the training data (listed in --json)"
+        )
     if result["errors"]:
         lines.append(f"  {len(result['errors'])} file(s) could not be read (listed in --json)")
     return "\n".join(lines)
@@ -159,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
     from bloodcells.export import NotAModelError, load_exported
+    from bloodcells.inference import native_logs_held
 
     try:
-        model, metadata = load_exported(args.model)
+        with native_logs_held():
+            model, metadata = load_exported(args.model)
         result = score_folder(model, metadata, args.folder, args.batch_size)
     except (NotAModelError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

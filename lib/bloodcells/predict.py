@@ -16,13 +16,14 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from bloodcells.export import NotAModelError, load_exported
-from bloodcells.inference import predict_proba
+from bloodcells.inference import native_logs_held, predict_proba
 from bloodcells.preprocess import load_resized
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no CUDA-probing chatter on a CPU
@@ -59,11 +60,24 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise ValueError(f"cannot decode ({exc}); truncated or corrupt?") from exc
 
 
+class Prediction(NamedTuple):
+    """One file's answer: probabilities, or the error that stopped it; and, when the model
+    carries an out-of-distribution detector (``metadata["ood"]``), its scores and flag."""
+
+    path: Path
+    probs: np.ndarray | None
+    error: str | None
+    ood: dict | None = None
+
+
 def predict_files(
     model, metadata: dict, files: list[Path], batch_size: int = 64, progress: bool = True
 ):
-    """Yield (path, probabilities or None, error or None) for each file, batch by batch."""
+    """Yield a :class:`Prediction` for each file, batch by batch."""
+    from bloodcells.ood import Detector
+
     size = int(metadata["input_size"])
+    detector = Detector.from_json(metadata["ood"]) if metadata.get("ood") else None
     bar = tqdm(total=len(files), unit="img", disable=not progress, mininterval=1)
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
@@ -74,9 +88,23 @@ def predict_files(
                 ok.append(path)
             except ValueError as exc:
                 failed.append((path, str(exc)))
-        probs = predict_proba(model, np.stack(images), batch_size)[0] if images else []
-        yield from ((p, pr, None) for p, pr in zip(ok, probs, strict=True))
-        yield from ((p, None, e) for p, e in failed)
+        if images:
+            x = np.stack(images)
+            probs = predict_proba(model, x, batch_size)[0]
+            flags = detector.flags(probs, x) if detector else None
+            for i, (path, pr) in enumerate(zip(ok, probs, strict=True)):
+                ood = (
+                    {
+                        "flagged": bool(flags["flagged"][i]),
+                        "reason": str(flags["reason"][i]),
+                        "confidence": float(flags["confidence"][i]),
+                        "colour_distance": float(flags["colour_distance"][i]),
+                    }
+                    if flags
+                    else None
+                )
+                yield Prediction(path, pr, None, ood)
+        yield from (Prediction(p, None, e) for p, e in failed)
         bar.update(len(chunk))
     bar.close()
 
@@ -93,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no table, no progress bar")
     args = parser.parse_args(argv)
     try:
-        model, metadata = load_exported(args.model)
+        with native_logs_held():
+            model, metadata = load_exported(args.model)
     except NotAModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -101,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     files, errors = collect(args.paths)
     rows = []
     t0 = time.perf_counter()
-    for path, probs, error in predict_files(
+    for path, probs, error, ood in predict_files(
         model, metadata, files, args.batch_size, progress=not args.quiet and len(files) > 1
     ):
         if error:
@@ -112,6 +141,17 @@ def main(argv: list[str] | None = None) -> int:
                 "file": str(path),
                 "prediction": classes[int(np.argmax(probs))],
                 "probability": float(np.max(probs)),
+                # unlike the training data: flagged, with why (metadata["ood"], validation)
+                **(
+                    {
+                        "unlike_training": ood["flagged"],
+                        "why": ood["reason"],
+                        "calibrated_confidence": ood["confidence"],
+                        "colour_distance": ood["colour_distance"],
+                    }
+                    if ood
+                    else {}
+                ),
                 **{f"p_{c}": float(p) for c, p in zip(classes, probs, strict=True)},
             }
         )
@@ -120,7 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {path}: {error}", file=sys.stderr)
     if not args.quiet:
         for r in rows:
-            print(f"{r['prediction']:<13} {r['probability']:.3f}  {r['file']}")
+            flag = f"  UNLIKE TRAINING DATA ({r['why']})" if r.get("unlike_training") else ""
+            print(f"{r['prediction']:<13} {r['probability']:.3f}  {r['file']}{flag}")
+        flagged = sum(bool(r.get("unlike_training")) for r in rows)
+        if flagged:
+            print(
+                f"{flagged} image(s) flagged as unlike the training data: treat their "
+                "predictions as unreliable.",
+                file=sys.stderr,
+            )
         if rows:
             print(
                 f"{len(rows)} image(s) in {seconds:.2f} s ({len(rows) / seconds:.1f} images/s)",

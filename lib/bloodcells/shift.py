@@ -226,6 +226,41 @@ def benchmark(
     return pd.DataFrame(rows)
 
 
+def flag_table(
+    detector,
+    predict: Callable[[np.ndarray], np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    shifts: list[str] | None = None,
+    severities: tuple[int, ...] = SEVERITIES,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """How an out-of-distribution detector (:class:`bloodcells.ood.Detector`) meets the
+    shifts: per case (the clean images, then every shift and severity) the share of images
+    it flags, and the accuracy on the images it lets through and on those it flags.
+    ``predict(x)`` returns class probabilities; one call over every case."""
+    shifts = list(shifts or SHIFTS)
+    cases = [("none", 0, x)] + [
+        (name, sev, apply(x, name, sev, seed)) for name in shifts for sev in severities
+    ]
+    stack = np.concatenate([c[2] for c in cases])
+    probs = np.split(predict(stack), len(cases))
+    rows = []
+    for (name, sev, images), p in zip(cases, probs, strict=True):
+        flagged = detector.flags(p, images)["flagged"]
+        right = p.argmax(1) == y
+        rows.append(
+            {
+                "shift": name,
+                "severity": sev,
+                "flagged": float(flagged.mean()),
+                "accuracy of kept": float(right[~flagged].mean()) if (~flagged).any() else np.nan,
+                "accuracy of flagged": float(right[flagged].mean()) if flagged.any() else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per model: clean accuracy, mean accuracy and balanced accuracy under shift (every
     shift and severity), the drop, and the worst shift."""
