@@ -301,3 +301,57 @@ def test_restricted_scores_by_hand():
     assert external.scores(y, probs, ["lymphocyte", "neutrophil"])["present_classes"][
         "accuracy"
     ] == pytest.approx(1.0)
+
+
+def test_the_export_is_the_most_robust_of_the_models_near_the_best(built, sample_dir, tmp_path):
+    """Planted: "sharp" is best on clean validation images but right only on images a
+    shift left unchanged; "steady", 0.2 points behind, is right on every image; "far" is
+    out of reach. The export is "steady", chosen on validation under shift."""
+    root = mini_project(tmp_path, built[0], sample_dir)
+    x_val, y_val = experiment.load_splits(32, root)["val"]
+    known = {im.tobytes() for im in np.asarray(x_val)}
+    settings = {"test_images": 0, "severities": [3], "seed": 0, "export_within": 0.003}
+
+    def predict(record, batch):  # the cases come stacked, each in the order of y_val
+        truth = y_val[np.arange(len(batch)) % len(y_val)]
+        if record["variant"] == "sharp":
+            truth = np.where([im.tobytes() in known for im in batch], truth, (truth + 1) % 8)
+        return np.eye(8)[truth]
+
+    records = [
+        {"variant": name, "key": name, "image_size": 32, "val_accuracy": acc}
+        for name, acc in (("sharp", 0.950), ("steady", 0.948), ("far", 0.90))
+    ]
+    chosen, rows = export.choose_export(records, settings, predict, root)
+    assert chosen["variant"] == "steady"
+    assert [r["model"] for r in rows] == ["sharp", "steady"]  # "far" is not a candidate
+    assert rows[1]["val_accuracy_under_shift"] == 1.0 > rows[0]["val_accuracy_under_shift"]
+    # alone within reach, the best on validation is exported without the benchmark
+    alone, rows = export.choose_export(records, settings | {"export_within": 0.001}, None, root)
+    assert alone["variant"] == "sharp" and rows[0]["val_accuracy_under_shift"] is None
+    card = export.model_card(
+        {
+            "model": "steady",
+            "family": "cnn",
+            "classes": ["a"],
+            "input_size": 32,
+            "weights": "none",
+            "epochs": 1,
+            "profile": "smoke",
+            "git_commit": "x",
+            "preprocessing": "p",
+            "data_hash": "d" * 16,
+            "metrics": {
+                "test_accuracy": 0.9,
+                "test_accuracy_ci95": [0.8, 1.0],
+                "test_macro_f1": 0.9,
+                "test_macro_f1_ci95": [0.8, 1.0],
+                "test_balanced_accuracy": 0.9,
+                "test_ece": 0.01,
+                "ece_bins": 15,
+                "per_class": {},
+            },
+            "chosen_from": export.choose_export(records, settings, predict, root)[1],
+        }
+    )
+    assert "## How it was chosen" in card and "| steady | 94.80% | 100.00% |" in card

@@ -79,12 +79,19 @@ def test_benchmark_scores_every_model_shift_and_severity(images):
 
 
 def test_params_errors_name_the_key():
-    good = {"test_images": 0, "severities": [1, 2], "external": [], "seed": 0}
+    good = {
+        "test_images": 0,
+        "severities": [1, 2],
+        "external": [],
+        "seed": 0,
+        "export_within": 0.003,
+    }
     assert shift.check_params(good) == good
     for change, key in (
         ({"test_images": -1}, "test_images"),
         ({"severities": [4]}, "severities"),
         ({"external": "folder"}, "external"),
+        ({"export_within": 1.5}, "export_within"),
     ):
         with pytest.raises(ValueError, match=f"'generalisation.{key}'"):
             shift.check_params(good | change)

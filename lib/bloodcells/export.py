@@ -32,12 +32,14 @@ def export_model(
     images: int | None = None,
     ece_bins: int = 15,
     ood: dict | None = None,
+    chosen_from: list[dict] | None = None,
 ) -> Path:
     """Copy ``source`` (a saved .keras model) to ``dest`` with the run's metadata inside;
     ``images``: how many images the study kept (train, validation and test together),
     ``ece_bins``: the bins its ECE was computed with, ``ood``: the out-of-distribution
     detector (:class:`bloodcells.ood.Detector` as JSON) that ``bloodcells-predict`` flags
-    inputs with."""
+    inputs with, ``chosen_from``: the candidates it was chosen from
+    (:func:`choose_export`)."""
     from bloodcells.models import stable_archive
 
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,7 @@ def export_model(
         },
         "images": images,
         "ood": ood,
+        "chosen_from": chosen_from,
         "data_hash": record["provenance"]["data_hash"],
         "git_commit": record["provenance"]["git_commit"],
         "profile": record["provenance"]["profile"],
@@ -147,7 +150,33 @@ cells.
 Expected calibration error on the test split: {m["test_ece"]:.4f} ({m["ece_bins"]} bins).
 Probabilities are the softmax outputs; see notebook 12 for reliability diagrams and
 temperature scaling.
+{_choice_section(metadata.get("chosen_from"), metadata["model"])}\
 {_ood_section(metadata.get("ood"))}"""
+
+
+def _choice_section(rows: list[dict] | None, name: str) -> str:
+    if not rows:
+        return ""
+    if len(rows) == 1:
+        return (
+            f"\n## How it was chosen\nThe best validation accuracy "
+            f"({100 * rows[0]['val_accuracy']:.2f}%); no other model came within "
+            "`generalisation.export_within` of it.\n"
+        )
+    lines = "\n".join(
+        f"| {r['model']} | {100 * r['val_accuracy']:.2f}% | "
+        f"{100 * r['val_accuracy_under_shift']:.2f}% |"
+        for r in rows
+    )
+    return f"""
+## How it was chosen
+The models within `generalisation.export_within` of the best validation accuracy, ranked by
+their mean validation accuracy under the shift benchmark's shifts; {name} is the most robust.
+
+| model | validation accuracy | under shift (validation) |
+| --- | --- | --- |
+{lines}
+"""
 
 
 def _ood_section(ood: dict | None) -> str:
@@ -184,21 +213,64 @@ def card_html(markdown_text: str) -> str:
     return f"<!DOCTYPE html><html lang='en'>{head}<body>{body}</body></html>"
 
 
+def choose_export(
+    records: list[dict], settings: dict, predict, root: Path
+) -> tuple[dict, list[dict]]:
+    """The model to export: of the runs within ``settings["export_within"]`` of the best
+    validation accuracy, the one with the best mean accuracy on the **validation** images
+    under the shift benchmark's shifts (``settings``: the ``generalisation`` params; a
+    stratified subset of ``test_images`` validation images). ``predict(record, x)`` returns
+    class probabilities. Returns the chosen record and one row per candidate."""
+    from bloodcells import shift
+    from bloodcells.experiment import load_splits
+
+    best = max(r["val_accuracy"] for r in records)
+    near = sorted(
+        (r for r in records if r["val_accuracy"] >= best - settings["export_within"]),
+        key=lambda r: -r["val_accuracy"],
+    )
+    rows = [
+        {"model": r["variant"], "val_accuracy": r["val_accuracy"], "val_accuracy_under_shift": None}
+        for r in near
+    ]
+    if len(near) == 1:
+        return near[0], rows
+    for row, record in zip(rows, near, strict=True):
+        x, y = load_splits(record["image_size"], root)["val"]
+        keep = shift.stratified_subset(y, settings["test_images"], settings["seed"])
+        table = shift.benchmark(
+            lambda _, batch, record=record: predict(record, batch),
+            {record["variant"]: record["image_size"]},
+            {record["image_size"]: np.asarray(x)[keep]},
+            y[keep],
+            severities=tuple(settings["severities"]),
+            seed=settings["seed"],
+        )
+        row["val_accuracy_under_shift"] = float(table[table["shift"] != "none"]["accuracy"].mean())
+    pick = max(
+        range(len(near)), key=lambda i: (rows[i]["val_accuracy_under_shift"], -i)
+    )  # the most robust; on a tie, the better in-domain
+    return near[pick], rows
+
+
 def export_best(root: Path | None = None) -> Path:
-    """Export the model chosen on validation (``metrics/summary.json``) with its model card."""
+    """Export the model :func:`choose_export` picks on validation, with its model card."""
+    from bloodcells.compare import load_model, read_records
     from bloodcells.config import load_params
     from bloodcells.experiment import evaluate_run, load_predictions, load_splits, read_run
+    from bloodcells.inference import predict_proba
     from bloodcells.ood import fit_detector
     from bloodcells.preprocess import read_manifest
 
     root = root or project_root()
-    summary = json.loads((root / "metrics" / "summary.json").read_text())
-    best = summary["best_model"]
-    matches = list(resolve("models", root).glob(f"*/{best}/run.json"))
-    if not matches:
-        raise FileNotFoundError(f"No run.json for the best model {best!r} under models/.")
-    key = matches[0].parent.parent.name
     params = load_params()
+    chosen, candidates = choose_export(
+        read_records(root),
+        params["generalisation"],
+        lambda record, x: predict_proba(load_model(record, root), x)[0],
+        root,
+    )
+    key, best = chosen["key"], chosen["variant"]
     record = evaluate_run(params, read_run(key, best, root), root)
     manifest = read_manifest(manifest_path(root))
     # the detector: colour statistics of the training images, thresholds on validation
@@ -209,11 +281,12 @@ def export_best(root: Path | None = None) -> Path:
     )
     dest = export_model(
         record,
-        matches[0].parent / "model.keras",
+        resolve(Path("models") / key / best / "model.keras", root),
         root / "export" / "best.keras",
         images=int(manifest["split"].isin(["train", "val", "test"]).sum()),
         ece_bins=int(params["evaluate"]["ece_bins"]),
         ood=detector.to_json(),
+        chosen_from=candidates,
     )
     card = model_card(read_metadata(dest))
     (root / "reports" / "model_card.md").write_text(card)

@@ -295,6 +295,12 @@ def check_params(section: dict) -> dict:
             f"Params key 'generalisation.severities' must list some of {list(SEVERITIES)}; "
             f"got {sev!r}."
         )
+    within = section.get("export_within")
+    if not isinstance(within, int | float) or isinstance(within, bool) or not 0 <= within < 1:
+        raise ParamsError(
+            f"Params key 'generalisation.export_within' must be a fraction of validation "
+            f"accuracy in [0, 1) (0.003 = 0.3 points); got {within!r}."
+        )
     ext = section.get("external")
     if not isinstance(ext, list) or not all(isinstance(e, str) for e in ext):
         raise ParamsError(
