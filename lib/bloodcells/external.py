@@ -167,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the scores as JSON")
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
+    from bloodcells.console import native_logs_held
     from bloodcells.export import NotAModelError, load_exported
-    from bloodcells.inference import native_logs_held
 
     try:
         with native_logs_held():

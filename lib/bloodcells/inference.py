@@ -7,36 +7,9 @@ champion's test-time augmentation, the shift benchmark, the benchmark command an
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
-
-
-@contextmanager
-def native_logs_held() -> Iterator[None]:
-    """Hold what native code writes to the process's stderr (file descriptor 2) while the
-    block runs: TensorFlow's start-up lines (absl's notice, oneDNN, CUDA probing) are
-    written there by C++ before Python can configure logging, and no environment variable
-    stops all of them. Shown only when the block fails; a command's console stays clean."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def feed(model, batch: np.ndarray):

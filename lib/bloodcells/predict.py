@@ -22,8 +22,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from bloodcells.console import native_logs_held
 from bloodcells.export import NotAModelError, load_exported
-from bloodcells.inference import native_logs_held, predict_proba
+from bloodcells.inference import predict_proba
 from bloodcells.preprocess import load_resized
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no CUDA-probing chatter on a CPU
