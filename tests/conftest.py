@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(items: list) -> None:
-    """Tests marked ``rerun`` go last: they wait for the second run of the smoke DAG,
-    which runs in the background while the others run (see :func:`start_rerun`)."""
-    items.sort(key=lambda item: item.get_closest_marker("rerun") is not None)
+    """Unit tests first, then those that read the README's smoke run, then those marked
+    ``rerun``, which also wait for the second run: both runs go on in the background
+    while the earlier tests run (see :func:`smoke_in_background`)."""
+
+    def stage(item) -> tuple[bool, bool]:
+        needs = set(item.fixturenames)
+        rerun = item.get_closest_marker("rerun") is not None or bool(needs & RERUN_FIXTURES)
+        return rerun, not rerun and bool(needs & README_FIXTURES)
+
+    items.sort(key=stage)
 
 
 SAMPLE = Path(
@@ -126,32 +134,49 @@ def project_files() -> list[str]:
     return [f for f in out.splitlines() if (ROOT / f).is_file()]
 
 
-@pytest.fixture(scope="session")
-def readme_run(tmp_path_factory, sample_dir) -> tuple[Path, list[Block]]:
-    """A fresh copy of the project (a git repository, profile ``smoke``, data from the
-    sample) in which every runnable README block is run in order, each in a fresh
-    ``bash -e`` with :func:`newcomer_env`. This session's ``.venv`` stands in for the one
-    ``make setup`` would build (a symlink; ``make`` sees it up to date); the README's
-    second checkout builds its own. Stops at the first block that fails."""
-    work = tmp_path_factory.mktemp("readme") / "bloodcells"
+#: what the README says to run -> what the suite runs instead, and only these
+STAND_INS = {"cd ../bloodcells-copy && make setup": "cd ../bloodcells-copy && ln -s {venv} .venv"}
+
+#: fixtures that need the smoke DAG run (the README's) or its second run
+README_FIXTURES = {"readme_run", "smoke_project"}
+RERUN_FIXTURES = {"smoke_rerun"}
+
+
+def stand_ins(code: str) -> str:
+    """``code`` with each :data:`STAND_INS` replacement made."""
+    for said, run in STAND_INS.items():
+        code = code.replace(said, run.format(venv=ROOT / ".venv"))
+    return code
+
+
+def smoke_copy(dest: Path, sample_dir: Path) -> Path:
+    """A fresh copy of the project at ``dest``: a git repository of its own, profile
+    ``smoke``, data from the sample, this session's ``.venv`` linked in."""
     for rel in project_files():
-        (work / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, work / rel)
-    params = yaml.safe_load((work / "params.yaml").read_text())
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["profiles"]["smoke"]["data"]["sources"] = [{"path": str(sample_dir)}]
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (work / ".venv").symlink_to(ROOT / ".venv")
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dest / ".venv").symlink_to(ROOT / ".venv")
     env = newcomer_env()
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "smoke"]):
-        subprocess.run(["git", *cmd], cwd=work, check=True, env=env)
-    blocks = readme_blocks()
+        subprocess.run(["git", *cmd], cwd=dest, check=True, env=env)
+    return dest
+
+
+def run_readme(work: Path, blocks: list[Block]) -> None:
+    """Run every runnable block of ``blocks`` in ``work``, in order, each in a fresh
+    ``bash -e`` with :func:`newcomer_env`; stop at the first that fails. Writes the
+    blocks' times to ``reports/readme_run.json``."""
+    env = newcomer_env()
     for block in blocks:
         if block.why_not_run:
             continue
         t0 = time.monotonic()
         done = subprocess.run(
-            ["bash", "-e", "-c", block.code],
+            ["bash", "-e", "-c", stand_ins(block.code)],
             cwd=work,
             env=env,
             capture_output=True,
@@ -162,8 +187,6 @@ def readme_run(tmp_path_factory, sample_dir) -> tuple[Path, list[Block]]:
         block.returncode, block.output = done.returncode, done.stdout + done.stderr
         if done.returncode:
             break
-        if block.code.startswith("make repro"):
-            start_rerun(work, work.parent.parent / "rerun" / "bloodcells")
     timings = [
         {"line": b.line, "first_line": b.code.splitlines()[0], "seconds": round(b.seconds, 1)}
         for b in blocks
@@ -171,40 +194,81 @@ def readme_run(tmp_path_factory, sample_dir) -> tuple[Path, list[Block]]:
     ]
     (ROOT / "reports").mkdir(exist_ok=True)
     (ROOT / "reports" / "readme_run.json").write_text(json.dumps(timings, indent=1) + "\n")
-    return work, blocks
 
 
-def _no_dvc_cache(folder: str, names: list[str]) -> list[str]:
-    return ["cache", "tmp"] if Path(folder).name == ".dvc" else []
+#: the two smoke DAG runs, started together when the session starts (see
+#: :func:`smoke_in_background`): {"readme": (thread, work, blocks, errors),
+#: "rerun": (process, project, log)}
+BACKGROUND: dict = {}
 
 
-#: the background second run of the smoke DAG: {"process", "project", "log"}
-RERUN: dict = {}
+@pytest.fixture(scope="session", autouse=True)
+def smoke_in_background(request, tmp_path_factory):
+    """When a collected test needs them, start the README run and the second, independent
+    run of every smoke stage (``dvc repro --force`` in a copy of its own) at once, in the
+    background: each mostly keeps one core busy, so they and the unit tests, which run
+    first (:func:`pytest_collection_modifyitems`), share the two cores instead of queueing."""
+    needs = set().union(*(item.fixturenames for item in request.session.items))
+    if needs & (README_FIXTURES | RERUN_FIXTURES):
+        sample_dir = request.getfixturevalue("sample_dir")
+    if needs & README_FIXTURES:
+        work = smoke_copy(tmp_path_factory.mktemp("readme") / "bloodcells", sample_dir)
+        blocks, errors = readme_blocks(), []
 
+        def run() -> None:
+            try:
+                run_readme(work, blocks)
+            except BaseException as exc:  # re-raised by readme_run in the test's thread
+                errors.append(exc)
 
-def start_rerun(project: Path, dest: Path) -> None:
-    """Copy ``project`` right after its ``dvc repro`` (without DVC's cache, with nothing to
-    resume) and run every stage again there, ``dvc repro --force``, in the background."""
-    shutil.copytree(project, dest, symlinks=True, ignore=_no_dvc_cache)
-    shutil.rmtree(dest / ".cache", ignore_errors=True)
-    log = open(dest.parent / "rerun.log", "w")  # noqa: SIM115 - closed by the waiter
-    dvc = Path(ROOT / ".venv/bin/dvc")
-    process = subprocess.Popen(
-        [str(dvc), "repro", "--force"], cwd=dest, stdout=log, stderr=subprocess.STDOUT
-    )
-    RERUN.update(process=process, project=dest, log=log)
+        thread = threading.Thread(target=run, name="readme", daemon=True)
+        thread.start()
+        BACKGROUND["readme"] = (thread, work, blocks, errors)
+    if needs & RERUN_FIXTURES:
+        project = smoke_copy(tmp_path_factory.mktemp("rerun") / "bloodcells", sample_dir)
+        log = open(project.parent / "rerun.log", "w")  # noqa: SIM115 - closed below
+        process = subprocess.Popen(
+            [str(ROOT / ".venv/bin/dvc"), "repro", "--force"],
+            cwd=project,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        BACKGROUND["rerun"] = (process, project, log)
+    yield
+    if "rerun" in BACKGROUND:
+        process, _, log = BACKGROUND["rerun"]
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
+        log.close()
 
 
 @pytest.fixture(scope="session")
-def smoke_rerun(readme_run) -> tuple[Path, str]:
-    """The smoke project with every stage run a second time (``dvc repro --force`` in a
-    copy, started in the background when the README's ``make repro`` finished)."""
-    assert RERUN, "the README run did not get as far as starting the rerun"
-    code = RERUN["process"].wait(timeout=2400)
-    RERUN["log"].close()
-    output = (RERUN["project"].parent / "rerun.log").read_text()
+def readme_run() -> tuple[Path, list[Block]]:
+    """A fresh smoke copy of the project (:func:`smoke_copy`) in which every runnable
+    README block has run in order (:func:`run_readme`, started with the session). This
+    session's ``.venv`` stands in for the one ``make setup`` would build (a symlink;
+    ``make`` sees it up to date), in the README's second checkout too (:data:`STAND_INS`):
+    ``.ci/run`` has just built it with ``make setup`` from a clean clone, and a second
+    3 GB build would only repeat that."""
+    thread, work, blocks, errors = BACKGROUND["readme"]
+    thread.join(timeout=3600)
+    assert not thread.is_alive(), "the README run took over an hour"
+    if errors:
+        raise errors[0]
+    return work, blocks
+
+
+@pytest.fixture(scope="session")
+def smoke_rerun() -> tuple[Path, str]:
+    """The smoke project with every stage run a second time, independently of the README's
+    run (``dvc repro --force`` in a fresh copy, started with the session)."""
+    process, project, log = BACKGROUND["rerun"]
+    code = process.wait(timeout=2400)
+    log.flush()
+    output = (project.parent / "rerun.log").read_text()
     assert code == 0, output[-6000:]
-    return RERUN["project"], output
+    return project, output
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.conftest import readme_blocks
+from tests.conftest import STAND_INS, readme_blocks
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +89,13 @@ def test_a_second_checkout_pulls_everything_and_has_nothing_to_rerun(readme_run)
     assert "Running stage" not in out
     assert "cnn-seed-7" in out  # the experiment, pulled from the git remote
     copy = work.parent / "bloodcells-copy"
-    assert not (copy / ".venv").is_symlink() and (copy / ".venv/bin/python").is_file()
     for path in ("export/best.keras", "metrics/summary.json", "reports/index.html"):
         assert (copy / path).read_bytes() == (work / path).read_bytes(), path
+
+
+def test_each_stand_in_replaces_a_command_the_readme_runs():
+    """The suite runs the README's blocks verbatim except for :data:`STAND_INS`; each of
+    those must still match a run block, or it silently stops standing in."""
+    run = [b.code for b in readme_blocks() if not b.why_not_run]
+    for said in STAND_INS:
+        assert sum(code.count(said) for code in run) == 1, said
