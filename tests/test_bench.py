@@ -138,3 +138,20 @@ def test_the_machine_is_named_with_its_vector_extensions_and_cap(monkeypatch):
     capped = describe_machine({**base, "isa": ["avx2", "avx512f", "amx_bf16"],
                                "onednn_max_cpu_isa": "AVX2"})  # fmt: skip
     assert capped == "X, 2 cores, AMX (oneDNN capped to AVX2), GPUs: none"
+
+
+def test_smote_growth_is_what_smote_does_to_the_samples_training_split(built):
+    """The estimate's growth factor, checked against imbalanced-learn's SMOTE itself on
+    the sample's training labels (their counts are uneven, like the dataset's)."""
+    import numpy as np
+    from imblearn.over_sampling import SMOTE
+
+    from bloodcells import estimate
+
+    y = built[0].query("split == 'train'")["label"].to_numpy()
+    counts = {c: int((y == c).sum()) for c in np.unique(y)}
+    assert len(set(counts.values())) > 1  # uneven, or the check would be trivial
+    x = np.random.default_rng(0).normal(size=(len(y), 4))
+    _, grown = SMOTE(k_neighbors=1, random_state=0).fit_resample(x, y)
+    assert len(grown) / len(y) == pytest.approx(estimate.smote_growth(counts))
+    assert round(estimate.SMOTE_GROWTH, 3) == 1.558  # 8 x 3,329 / 17,092
