@@ -355,3 +355,150 @@ def test_the_export_is_the_most_robust_of_the_models_near_the_best(built, sample
         }
     )
     assert "## How it was chosen" in card and "| steady | 94.80% | 100.00% |" in card
+
+
+# --- Adapting the exported model to another lab (bloodcells.adapt, bloodcells-adapt) ------
+
+
+def _first_batchnorm_input(model, x: np.ndarray) -> np.ndarray:
+    """What the model's first BatchNormalization layer receives for ``x`` (a sub-model of
+    the backbone, fed the preprocessed pixels)."""
+    from bloodcells.adapt import batchnorm_layers
+
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    first = batchnorm_layers(model)[0]
+    assert first in backbone.layers  # the CNN's first BN sits in its backbone
+    pixels = model.get_layer("preprocess")(x.astype("float32"))
+    return np.asarray(keras.Model(backbone.inputs, first.input)(pixels))
+
+
+@pytest.mark.parametrize("batch_size", [64, 7])
+def test_adabn_sets_the_batchnorm_statistics_to_the_target_images(exported, batch_size):
+    """AdaBN on stain-shifted images: the first BN layer's moving mean and variance become
+    those of its inputs on the target images (in one batch, or image-weighted over
+    uneven batches); the layer's momentum and the dropout rates are restored."""
+    from bloodcells import adapt, shift
+
+    path, _, _ = exported
+    model, _ = export.load_exported(path)
+    test_images = np.asarray(experiment.load_splits(32, path.parent)["test"][0])
+    x = shift.apply(test_images, "stain (HED)", 3)
+    first = adapt.batchnorm_layers(model)[0]
+    before = np.asarray(first.moving_mean).copy()
+    momentum = first.momentum
+    assert adapt.adapt_batchnorm(model, x, batch_size=batch_size) == len(
+        adapt.batchnorm_layers(model)
+    )
+    seen = _first_batchnorm_input(model, x)
+    np.testing.assert_allclose(first.moving_mean, seen.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    if batch_size >= len(x):  # one batch: exactly its variance
+        np.testing.assert_allclose(
+            first.moving_variance, seen.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5
+        )
+    assert not np.allclose(before, first.moving_mean)
+    assert first.momentum == momentum
+
+
+def test_few_shot_retrains_only_the_classifier_and_fits_its_images(exported):
+    from bloodcells import adapt
+
+    path, _, _ = exported
+    model, _ = export.load_exported(path)
+    xv, yv = (np.asarray(a) for a in experiment.load_splits(32, path.parent)["train"])
+    keep = adapt.per_class(yv, 6, seed=0)
+    x, y = xv[keep], yv[keep]
+    from bloodcells.inference import predict_proba
+
+    before_acc = (predict_proba(model, x)[0].argmax(1) == y).mean()
+    frozen = {
+        w.path: np.asarray(w).copy() for w in model.weights if not w.path.startswith("probs/")
+    }
+    adapt.few_shot(model, x, y, epochs=60, learning_rate=0.01, seed=0)
+    after_acc = (predict_proba(model, x)[0].argmax(1) == y).mean()
+    assert after_acc > before_acc  # the classifier fits the lab's labelled images
+    bn_stats = {w.path for layer in adapt.batchnorm_layers(model) for w in
+                (layer.moving_mean, layer.moving_variance)}  # fmt: skip
+    for w in model.weights:
+        if w.path in frozen and w.path not in bn_stats:  # AdaBN moves only the BN statistics
+            np.testing.assert_array_equal(np.asarray(w), frozen[w.path], err_msg=w.path)
+
+
+def test_adaptation_benchmark_scores_each_method_and_restores_the_model(exported):
+    from bloodcells import adapt
+
+    path, _, _ = exported
+    model, _ = export.load_exported(path)
+    splits = experiment.load_splits(32, path.parent)
+    val, test = ((np.asarray(a), np.asarray(b)) for a, b in (splits["val"], splits["test"]))
+    weights = [w.copy() for w in model.get_weights()]
+    settings = adapt.check_settings({"per_class": 2, "unlabelled": 8, "epochs": 3,
+                                     "shifts": ["stain (HED)", "defocus"]})  # fmt: skip
+    table = adapt.benchmark(model, val, test, settings, severities=(1, 3), seed=0)
+    assert len(table) == (1 + 2 * 2) * 3
+    assert set(table["method"]) == {"none", "adabn", "few-shot"}
+    assert table["accuracy"].between(0, 1).all()
+    for a, b in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    summary = adapt.summary(table)
+    assert list(summary.index) == ["none", "adabn", "few-shot"]
+    assert "few-shot adaptation on 2 labelled images per class" in adapt.conclusion(
+        table, "cnn", settings
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "match"),
+    [
+        ({"per_class": 0}, r"generalisation\.adapt\.per_class"),
+        ({"learning_rate": 2}, r"generalisation\.adapt\.learning_rate"),
+        ({"shifts": ["sepia"]}, r"generalisation\.adapt\.shifts"),
+        ({"steps": 3}, r"generalisation\.adapt' has unknown keys \['steps'\]"),
+    ],
+)
+def test_adaptation_settings_name_the_key(section, match):
+    from bloodcells import adapt
+    from bloodcells.config import ParamsError
+
+    with pytest.raises(ParamsError, match=match):
+        adapt.check_settings(section)
+
+
+def test_the_adapt_command_writes_a_model_predict_reads(exported, sample_dir, tmp_path, capsys):
+    """Few-shot on the sample's class folders (its unreadable files listed, not fatal),
+    AdaBN on an unlabelled folder; both adapted models load and predict like the export."""
+    from bloodcells import adapt
+
+    path, files, _ = exported
+    out = tmp_path / "adapted.keras"
+    assert adapt.main([str(path), str(sample_dir), "--out", str(out), "--epochs", "3"]) == 0
+    said = capsys.readouterr().out
+    assert "few-shot" in said and "could not be read" in said
+    model, meta = export.load_exported(out)
+    assert meta["adapted"]["method"] == "few-shot"
+    assert set(meta["adapted"]["images_per_class"]) == set(meta["classes"])
+    assert meta["adapted"]["unreadable"]  # the sample's odd files
+    assert meta["model"] == export.read_metadata(path)["model"]
+    rows = list(predict.predict_files(model, meta, files[:4], 4, progress=False))
+    assert all(error is None for _, _, error, _ in rows)
+
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for f in files[:6]:
+        (unlabelled / f.name).write_bytes(f.read_bytes())
+    out2 = tmp_path / "adabn.keras"
+    assert adapt.main([str(path), str(unlabelled), "--out", str(out2), "--unlabelled"]) == 0
+    assert export.read_metadata(out2)["adapted"]["method"] == "adabn"
+    assert export.read_metadata(out2)["adapted"]["images"] == 6
+
+
+def test_the_adapt_command_errors_name_the_problem(exported, tmp_path, capsys):
+    from bloodcells import adapt
+
+    path, _, _ = exported
+    assert adapt.main([str(path), str(tmp_path), "--out", str(path)]) == 2
+    assert "is the model itself" in capsys.readouterr().err
+    (tmp_path / "Granulocytes of sorts").mkdir()
+    assert adapt.main([str(path), str(tmp_path), "--out", str(tmp_path / "a.keras")]) == 2
+    err = capsys.readouterr().err
+    assert "matches none of the eight PBC classes" in err and "neutrophil" in err
+    assert not (tmp_path / "a.keras").exists()

@@ -32,7 +32,7 @@ def test_the_blocks_are_the_ones_a_user_needs():
     runnable = "".join(b.code for b in readme_blocks() if not b.why_not_run)
     for command in ("make repro", "bloodcells-predict", "bloodcells-evaluate",
                     "dvc exp run --queue", "dvc push", "dvc pull", "make bench",
-                    "make estimate"):  # fmt: skip
+                    "make estimate", "bloodcells-adapt"):  # fmt: skip
         assert command in runnable, command
 
 
@@ -99,3 +99,15 @@ def test_each_stand_in_replaces_a_command_the_readme_runs():
     run = [b.code for b in readme_blocks() if not b.why_not_run]
     for said in STAND_INS:
         assert sum(code.count(said) for code in run) == 1, said
+
+
+def test_adapt_wrote_a_model_the_other_commands_read(readme_run):
+    from bloodcells.export import read_metadata
+
+    work, blocks = readme_run
+    said = block(blocks, ".venv/bin/bloodcells-adapt").output
+    assert "wrote adapted.keras: few-shot" in said
+    meta = read_metadata(work / "adapted.keras")
+    assert meta["adapted"]["method"] == "few-shot"
+    assert max(meta["adapted"]["images_per_class"].values()) <= 10
+    assert meta["model"] == read_metadata(work / "export/best.keras")["model"]

@@ -279,3 +279,21 @@ def test_generalisation_report_shows_every_model_under_every_shift(smoke_project
     assert ood["false_flag_rate_on_validation"] == detector["false_flag_rate"]
     assert 0.0 <= ood["flagged_clean_test"] <= 1.0 and 0.0 <= ood["flagged_under_shift"] <= 1.0
     assert "unlike its training data" in html
+
+
+def test_generalisation_report_compares_the_remedies_without_retraining(smoke_project):
+    """AdaBN and few-shot adaptation of the exported model, on the smoke profile's shifts:
+    the "none" row is the exported model as the shift benchmark scored it above."""
+    out = json.loads((smoke_project / "metrics/generalisation.json").read_text())
+    adaptation = out["adaptation"]
+    params = yaml.safe_load((smoke_project / "params.yaml").read_text())
+    smoke = params["profiles"]["smoke"]["generalisation"]["adapt"]
+    assert {k: adaptation["settings"][k] for k in smoke} == smoke
+    assert list(adaptation["summary"]) == ["none", "adabn", "few-shot"]
+    exported = out["models"][out["exported_model"]]
+    none = adaptation["summary"]["none"]
+    assert none["clean accuracy"] == pytest.approx(exported["clean accuracy"], abs=1e-9)
+    for row in adaptation["summary"].values():
+        assert 0.0 <= row["mean accuracy under shift"] <= 1.0
+    html = (smoke_project / "reports/13_generalisation.html").read_text()
+    assert "Remedies without retraining" in html and "few-shot adaptation on" in html

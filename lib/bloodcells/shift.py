@@ -307,7 +307,9 @@ def check_params(section: dict) -> dict:
             "Params key 'generalisation.external' must be a list of folder paths "
             f"(<class>/<image> inside); got {ext!r}."
         )
-    return section
+    from bloodcells.adapt import check_settings
+
+    return section | {"adapt": check_settings(section.get("adapt"))}
 
 
 def conclusion(summary: pd.DataFrame, exported: str, n_images: int) -> str:
