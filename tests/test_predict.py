@@ -431,19 +431,27 @@ def test_adaptation_benchmark_scores_each_method_and_restores_the_model(exported
     splits = experiment.load_splits(32, path.parent)
     val, test = ((np.asarray(a), np.asarray(b)) for a, b in (splits["val"], splits["test"]))
     weights = [w.copy() for w in model.get_weights()]
-    settings = adapt.check_settings({"per_class": 2, "unlabelled": 8, "epochs": 3,
+    settings = adapt.check_settings({"per_class": 2, "unlabelled": 8, "epochs": 3, "seeds": [0, 1],
                                      "shifts": ["stain (HED)", "defocus"]})  # fmt: skip
     table = adapt.benchmark(model, val, test, settings, severities=(1, 3), seed=0)
-    assert len(table) == (1 + 2 * 2) * 3
+    assert len(table) == (1 + 2 * 2) * (1 + 2 * 2)  # cases x (as is + 2 methods x 2 draws)
     assert set(table["method"]) == {"none", "adabn", "few-shot"}
+    assert table.loc[table["method"] == "none", "seed"].isna().all()
+    assert set(table.loc[table["method"] == "adabn", "seed"]) == {0, 1}
     assert table["accuracy"].between(0, 1).all()
     for a, b in zip(model.get_weights(), weights, strict=True):
         np.testing.assert_array_equal(a, b)
     summary = adapt.summary(table)
     assert list(summary.index) == ["none", "adabn", "few-shot"]
-    assert "few-shot adaptation on 2 labelled images per class" in adapt.conclusion(
-        table, "cnn", settings
-    )
+    # the mean under shift is the mean over draws of each draw's mean
+    few = table[(table["method"] == "few-shot") & (table["shift"] != "none")]
+    per_draw = few.groupby("seed")["accuracy"].mean()
+    assert summary.loc["few-shot", "mean accuracy under shift"] == pytest.approx(per_draw.mean())
+    assert summary.loc["few-shot", "sd over draws"] == pytest.approx(per_draw.std(ddof=1))
+    assert summary.loc["none", "sd over draws"] == 0.0
+    said = adapt.conclusion(table, "cnn", settings)
+    assert "few-shot adaptation on 2 labelled images per class" in said
+    assert "Averaged over 2 draws" in said
 
 
 @pytest.mark.parametrize(
@@ -453,6 +461,7 @@ def test_adaptation_benchmark_scores_each_method_and_restores_the_model(exported
         ({"learning_rate": 2}, r"generalisation\.adapt\.learning_rate"),
         ({"shifts": ["sepia"]}, r"generalisation\.adapt\.shifts"),
         ({"steps": 3}, r"generalisation\.adapt' has unknown keys \['steps'\]"),
+        ({"seeds": [1, 1]}, r"generalisation\.adapt\.seeds"),
     ],
 )
 def test_adaptation_settings_name_the_key(section, match):

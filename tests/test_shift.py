@@ -86,12 +86,19 @@ def test_params_errors_name_the_key():
         "seed": 0,
         "export_within": 0.003,
     }
-    assert shift.check_params(good) == good
+    from bloodcells.adapt import DEFAULTS
+
+    # the adaptation settings come back whole: the defaults, under what the section sets
+    assert shift.check_params(good) == good | {"adapt": DEFAULTS}
+    assert shift.check_params(good | {"adapt": {"per_class": 5}})["adapt"] == DEFAULTS | {
+        "per_class": 5
+    }
     for change, key in (
         ({"test_images": -1}, "test_images"),
         ({"severities": [4]}, "severities"),
         ({"external": "folder"}, "external"),
         ({"export_within": 1.5}, "export_within"),
+        ({"adapt": {"epochs": 0}}, "adapt.epochs"),
     ):
         with pytest.raises(ValueError, match=f"'generalisation.{key}'"):
             shift.check_params(good | change)

@@ -37,6 +37,7 @@ DEFAULTS = {
     "epochs": 30,
     "learning_rate": 0.001,
     "shifts": None,  # the benchmark's shifts to adapt to; None: all of them
+    "seeds": [0],  # draws of the adaptation images (their spread is the seed spread)
 }
 
 
@@ -183,6 +184,17 @@ def check_settings(section: dict | None) -> dict:
             f"Params key 'generalisation.adapt.shifts' must be null (all) or a list of "
             f"{list(SHIFTS)}; got {out['shifts']!r}."
         )
+    seeds = out["seeds"]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ParamsError(
+            f"Params key 'generalisation.adapt.seeds' must be a list of distinct integers; "
+            f"got {seeds!r}."
+        )
     lr = out["learning_rate"]
     if not isinstance(lr, int | float) or isinstance(lr, bool) or not 0 < lr < 1:
         raise ParamsError(
@@ -200,19 +212,28 @@ def benchmark(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Accuracy and balanced accuracy of ``model`` on the test images (clean, and under
-    each of ``settings["shifts"]`` at every severity) as it is, after AdaBN on
-    ``settings["unlabelled"]`` shifted validation images, and after few-shot adaptation on
-    ``settings["per_class"]`` labelled shifted validation images per class (both drawn
-    with ``seed``). The model is restored after each case."""
+    each of ``settings["shifts"]`` at every severity; the shifts drawn with ``seed``) as it
+    is, after AdaBN on ``settings["unlabelled"]`` shifted validation images, and after
+    few-shot adaptation on ``settings["per_class"]`` labelled shifted validation images
+    per class, the adaptation images drawn once per seed of ``settings["seeds"]`` (column
+    ``seed``; none for the model as it is). The model is restored after each case."""
     from sklearn.metrics import balanced_accuracy_score
 
     from bloodcells import shift
     from bloodcells.inference import predict_proba
 
     (xv, yv), (xt, yt) = val, test
-    rng = np.random.default_rng(seed)
-    unlabelled = np.sort(rng.choice(len(xv), min(settings["unlabelled"], len(xv)), replace=False))
-    support = per_class(yv, settings["per_class"], seed)
+    draws = {
+        s: (
+            np.sort(
+                np.random.default_rng(s).choice(
+                    len(xv), min(settings["unlabelled"], len(xv)), replace=False
+                )
+            ),
+            per_class(yv, settings["per_class"], s),
+        )
+        for s in settings["seeds"]
+    }
     original = model.get_weights()
     shifts = settings["shifts"] or list(shift.SHIFTS)
     cases = [("none", 0)] + [(s, v) for s in shifts for v in severities]
@@ -223,14 +244,16 @@ def benchmark(
     rows = []
     for name, sev in cases:
         xt_s = shifted(xt, name, sev, seed)
-        for method in ("none", "adabn", "few-shot"):
+        runs = [("none", None)] + [(m, s) for s in draws for m in ("adabn", "few-shot")]
+        for method, draw in runs:
             model.set_weights(original)
             if method == "adabn":
-                adapt_batchnorm(model, shifted(xv[unlabelled], name, sev, seed + 1))
+                adapt_batchnorm(model, shifted(xv[draws[draw][0]], name, sev, seed + 1))
             elif method == "few-shot":
+                support = draws[draw][1]
                 few_shot(
                     model, shifted(xv[support], name, sev, seed + 2), yv[support],
-                    settings["epochs"], settings["learning_rate"], seed,
+                    settings["epochs"], settings["learning_rate"], draw,
                 )  # fmt: skip
             pred = predict_proba(model, xt_s)[0].argmax(1)
             rows.append(
@@ -238,6 +261,7 @@ def benchmark(
                     "shift": name,
                     "severity": sev,
                     "method": method,
+                    "seed": draw,
                     "accuracy": float((pred == yt).mean()),
                     "balanced_accuracy": float(balanced_accuracy_score(yt, pred)),
                 }
@@ -247,18 +271,27 @@ def benchmark(
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per method: clean accuracy, mean accuracy under shift (every shift and severity),
-    and the worst shifted case."""
+    """Per method, averaged over the draws of adaptation images: clean accuracy, mean
+    accuracy under shift (every shift and severity) and its standard deviation over the
+    draws (0 for the model as it is: nothing drawn), and the worst shifted case."""
     rows = {}
     for method, part in table.groupby("method", sort=False):
-        shifted = part[part["shift"] != "none"]
-        worst = shifted.loc[shifted["accuracy"].idxmin()]
+        per_draw = [
+            draw[draw["shift"] != "none"]["accuracy"].mean()
+            for _, draw in part.groupby(part["seed"].fillna(-1))
+        ]
+        cases = part.groupby(["shift", "severity"], sort=False)[
+            ["accuracy", "balanced_accuracy"]
+        ].mean()
+        shifted = cases.drop(index="none", level="shift")
+        worst = shifted["accuracy"].idxmin()
         rows[method] = {
-            "clean accuracy": float(part.loc[part["shift"] == "none", "accuracy"].iloc[0]),
+            "clean accuracy": float(cases.loc[("none", 0), "accuracy"]),
             "mean accuracy under shift": float(shifted["accuracy"].mean()),
+            "sd over draws": float(np.std(per_draw, ddof=1)) if len(per_draw) > 1 else 0.0,
             "mean balanced accuracy under shift": float(shifted["balanced_accuracy"].mean()),
-            "worst case": f"{worst['shift']} {int(worst['severity'])}",
-            "worst accuracy": float(worst["accuracy"]),
+            "worst case": f"{worst[0]} {int(worst[1])}",
+            "worst accuracy": float(shifted.loc[worst, "accuracy"]),
         }
     return pd.DataFrame(rows).T.rename_axis("method")
 
@@ -272,15 +305,25 @@ def conclusion(table: pd.DataFrame, model: str, settings: dict) -> str:
         d = 100 * (float(s.loc[method, col]) - float(base[col]))
         return f"{d:+.2f} points"
 
+    def sd(method: str) -> str:
+        return f" (sd {100 * float(s.loc[method, 'sd over draws']):.2f} over the draws)"
+
+    n = len(settings["seeds"])
+    spread = (
+        f"Averaged over {n} draws of the adaptation images."
+        if n > 1
+        else "One draw of the adaptation images: no seed spread measured."
+    )
     return (
         f"Under shift, **{model}** averages {100 * base['mean accuracy under shift']:.2f}% as "
         f"exported; AdaBN on {settings['unlabelled']} unlabelled shifted validation images "
-        f"changes that by {pts('adabn', 'mean accuracy under shift')}, few-shot adaptation on "
+        f"changes that by {pts('adabn', 'mean accuracy under shift')}"
+        f"{sd('adabn') if n > 1 else ''}, few-shot adaptation on "
         f"{settings['per_class']} labelled images per class by "
-        f"{pts('few-shot', 'mean accuracy under shift')}. In-domain (clean test images, "
-        f"adapting on clean validation images): AdaBN {pts('adabn', 'clean accuracy')}, "
-        f"few-shot {pts('few-shot', 'clean accuracy')}. One seed of the adaptation images; "
-        "the test subset's sampling error is in the benchmark's table above."
+        f"{pts('few-shot', 'mean accuracy under shift')}{sd('few-shot') if n > 1 else ''}. "
+        f"In-domain (clean test images, adapting on clean validation images): AdaBN "
+        f"{pts('adabn', 'clean accuracy')}, few-shot {pts('few-shot', 'clean accuracy')}. "
+        f"{spread} The test subset's sampling error is in the benchmark's table above."
     )
 
 
