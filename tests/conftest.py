@@ -163,7 +163,10 @@ def smoke_copy(dest: Path, sample_dir: Path) -> Path:
     params["profiles"]["smoke"]["data"]["sources"] = [{"path": str(sample_dir)}]
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dest / ".venv").symlink_to(ROOT / ".venv")
-    env = newcomer_env()
+    # a fixed date makes every copy the same commit, whenever it is made: the exported
+    # model and its card record the commit, and the two smoke runs must agree bit for bit
+    stamp = "2025-01-01T00:00:00+00:00"
+    env = newcomer_env() | {"GIT_AUTHOR_DATE": stamp, "GIT_COMMITTER_DATE": stamp}
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "smoke"]):
         subprocess.run(["git", *cmd], cwd=dest, check=True, env=env)
     return dest
