@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells import shift
+from bloodcells import robust, shift
 from bloodcells.config import ParamsError, load_params
 from bloodcells.paths import manifest_path, processed_dir, project_root
 
@@ -62,6 +62,7 @@ def stage_params(params: dict) -> dict[str, dict]:
             "train": params["train"],
             "models": {key: entry},
         }
+    robust.check_params(params.get(robust.SECTION), params["models"])
     for study in STUDIES:  # a study trains its family's recipe with settings of its own
         family = params[study]["family"]
         recipe = {k: v for k, v in params["models"][family].items() if k not in OVERRIDDEN}
@@ -75,8 +76,9 @@ def stage_params(params: dict) -> dict[str, dict]:
 
 
 #: params sections that are studies of their own, each a training stage
-#: (``cross-validation``: :mod:`bloodcells.crossval`; ``shuffling``: :mod:`bloodcells.shuffling`)
-STUDIES = ("cross_validation", "shuffling")
+#: (``cross-validation``: :mod:`bloodcells.crossval`; ``shuffling``: :mod:`bloodcells.shuffling`;
+#: ``train-robust``: :mod:`bloodcells.robust`)
+STUDIES = ("cross_validation", "shuffling", "robust_training")
 #: a family's keys that a study sets itself: editing them in ``models`` leaves it alone
 OVERRIDDEN = ("epochs", "image_size", "conv_widths")
 

@@ -1,0 +1,300 @@
+"""Remedies during training (stage ``train-robust``, notebook 15; issue 18, part 3).
+
+The study's CNN recipe (``models.<family>``) trained once per remedy and seed, all at the
+settings of the ``robust_training`` section, so the remedies differ from the baseline in
+the remedy alone:
+
+* ``none``: the recipe as it is (the baseline of this comparison);
+* ``stain_augmentation``: :class:`bloodcells.stain.RandomStainColour` at the input,
+  active in training only;
+* ``groupnorm``: every BatchNormalization replaced by GroupNormalization, whose
+  statistics are each image's own (Tsutsui et al. 2023): nothing learnt from PBC's batches
+  to go stale on another lab's;
+* ``stain_normalisation``: :class:`bloodcells.stain.StainNormalisation` (Reinhard) at the
+  input, to the training split's L*a*b* statistics, in training and inference.
+
+Each run is a study run like any other (``models/robust/<remedy>_s<seed>/``: model,
+validation and test predictions, record; trained once per training key, resumable). Then
+every run is scored on a stratified subset of the validation split and of the test split,
+clean and under every shift of the benchmark (:mod:`bloodcells.shift`):
+``models/robust/shift.json``. Notebook 15 (:mod:`bloodcells.remedies`) chooses on the
+validation rows and reports the test rows. The runs' training key covers this module and
+:mod:`bloodcells.stain`; the report code lives apart, so editing it retrains nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bloodcells.config import ParamsError
+from bloodcells.paths import project_root, resolve
+
+SECTION = "robust_training"
+#: the folder the runs live in: models/robust/
+SECTION_KEY = "robust"
+REMEDIES = ("none", "stain_augmentation", "groupnorm", "stain_normalisation")
+SETTINGS = {
+    "family": str,
+    "image_size": int,
+    "epochs": int,
+    "conv_widths": list,
+    "remedies": list,
+    "seeds": list,
+    "augmentation_strength": float,
+    "groupnorm_groups": int,
+    "val_images": int,
+    "test_images": int,
+    "severities": list,
+    "shift_seed": int,
+    "choose_within": float,
+}
+
+
+def check_params(section: dict | None, families: dict) -> dict:
+    """The ``robust_training`` section, checked; errors name the key and what to do."""
+    if not isinstance(section, dict):
+        raise ParamsError(f"Params key '{SECTION}' must be a mapping; got {section!r}.")
+    for key in SETTINGS:
+        if key not in section:
+            raise ParamsError(f"Missing params key '{SECTION}.{key}' in params.yaml.")
+    if section["family"] not in families:
+        raise ParamsError(
+            f"Params key '{SECTION}.family' is {section['family']!r}; it must name a 'models' "
+            f"entry ({', '.join(families)})."
+        )
+    for key in ("image_size", "epochs", "groupnorm_groups"):
+        v = section[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ParamsError(f"Params key '{SECTION}.{key}' must be an integer >= 1; got {v!r}.")
+    for key in ("val_images", "test_images", "shift_seed"):
+        v = section[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ParamsError(
+                f"Params key '{SECTION}.{key}' must be 0 (all) or a number of images; got {v!r}."
+            )
+    remedies = section["remedies"]
+    if (
+        not isinstance(remedies, list)
+        or "none" not in remedies
+        or not set(remedies) <= set(REMEDIES)
+        or len(set(remedies)) != len(remedies)
+    ):
+        raise ParamsError(
+            f"Params key '{SECTION}.remedies' must list distinct names from {list(REMEDIES)}, "
+            f"'none' (the baseline) among them; got {remedies!r}."
+        )
+    seeds = section["seeds"]
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ParamsError(
+            f"Params key '{SECTION}.seeds' must be a list of distinct integers (every remedy "
+            f"is trained once per seed); got {seeds!r}."
+        )
+    s = section["augmentation_strength"]
+    if not isinstance(s, int | float) or isinstance(s, bool) or not 0 < s < 1:
+        raise ParamsError(
+            f"Params key '{SECTION}.augmentation_strength' must be in (0, 1); got {s!r}."
+        )
+    w = section["choose_within"]
+    if not isinstance(w, int | float) or isinstance(w, bool) or not 0 <= w < 1:
+        raise ParamsError(
+            f"Params key '{SECTION}.choose_within' must be a fraction of validation accuracy "
+            f"in [0, 1) (0.003 = 0.3 points); got {w!r}."
+        )
+    widths = section["conv_widths"]
+    if (
+        not isinstance(widths, list)
+        or not widths
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in widths)
+        or section["image_size"] < 2 ** len(widths)
+    ):
+        raise ParamsError(
+            f"Params key '{SECTION}.conv_widths' must list positive filter counts, one block "
+            f"each halving the image, at most log2(image_size) of them; got {widths!r} at "
+            f"{section['image_size']} px."
+        )
+    from bloodcells.shift import SEVERITIES
+
+    sev = section["severities"]
+    if not isinstance(sev, list) or not sev or not all(v in SEVERITIES for v in sev):
+        raise ParamsError(
+            f"Params key '{SECTION}.severities' must list some of {list(SEVERITIES)}; got {sev!r}."
+        )
+    return section
+
+
+def groupnorm_copy(model, groups: int):
+    """A fresh copy of ``model`` (new weights) with every BatchNormalization layer a
+    GroupNormalization of at most ``groups`` groups (the largest divisor of its channels)."""
+    import keras
+
+    def swap(layer):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = int(layer.gamma.shape[0])
+            g = max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
+            return keras.layers.GroupNormalization(g, name=layer.name.replace("_bn", "_gn"))
+        return layer.__class__.from_config(layer.get_config())
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, keras.layers.GroupNormalization):  # no mask or training kwargs
+            return layer(*args)
+        return layer(*args, **kwargs)
+
+    return keras.models.clone_model(model, clone_function=swap, call_function=call, recursive=True)
+
+
+def remedy_model(remedy: str, cfg, section: dict, x_train: np.ndarray):
+    """The uncompiled classifier for ``remedy``: the family's model, changed by it."""
+    import keras
+
+    from bloodcells.models import build_model
+    from bloodcells.stain import RandomStainColour, StainNormalisation, lab_statistics
+
+    base = build_model(
+        cfg.family,
+        cfg.image_size,
+        8,
+        cfg.weights,
+        cfg.dense_units,
+        cfg.dropout,
+        cfg.frozen_fraction,
+        cfg.conv_widths,
+    )
+    if remedy == "none":
+        return base
+    if remedy == "groupnorm":
+        return groupnorm_copy(base, section["groupnorm_groups"])
+    inputs = keras.Input(base.input_shape[1:], name="pixels")
+    if remedy == "stain_augmentation":
+        front = RandomStainColour(section["augmentation_strength"], cfg.seed, name="stain_jitter")
+    else:
+        front = StainNormalisation(lab_statistics(x_train), name="stain_normalisation")
+    return keras.Model(inputs, base(front(inputs)), name=f"{cfg.family}_{remedy}")
+
+
+def run_name(remedy: str, seed: int) -> str:
+    return f"{remedy}_s{seed}"
+
+
+def train_remedies(params: dict, root: Path | None = None, verbose: int = 2) -> list[dict]:
+    """Every remedy at every seed, trained unless trained under the same key; their
+    training records (``models/robust/<remedy>_s<seed>/run.json``)."""
+    from bloodcells.experiment import ensure_run, source_hash, study_config
+    from bloodcells.train import configure_tensorflow, distribution_strategy, train_model
+
+    root = root or project_root()
+    section = params[SECTION]
+    code = source_hash(__file__, Path(__file__).with_name("stain.py"))
+    records = []
+    for seed in section["seeds"]:
+        cfg = study_config(params, SECTION, seed=seed)
+        for remedy in section["remedies"]:
+
+            def train(dirs: dict, data: dict, remedy: str = remedy, cfg=cfg):
+                (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+                configure_tensorflow(cfg)  # the same initial weights for every remedy
+                with distribution_strategy().scope():
+                    model = remedy_model(remedy, cfg, section, x_tr)
+                result = train_model(
+                    cfg, x_tr, y_tr, x_val, y_val, dirs["work"], dirs["live"],
+                    verbose=verbose, model=model,
+                )  # fmt: skip
+                return result, {"remedy": remedy}
+
+            extra = {"remedy": remedy, "code": code}
+            if remedy == "stain_augmentation":
+                extra["strength"] = section["augmentation_strength"]
+            if remedy == "groupnorm":
+                extra["groups"] = section["groupnorm_groups"]
+            records.append(
+                ensure_run(SECTION_KEY, run_name(remedy, seed), cfg, train, root, verbose, **extra)
+            )
+    return records
+
+
+def shift_scores(params: dict, records: list[dict], root: Path | None = None) -> pd.DataFrame:
+    """Every run on the validation and test subsets, clean and under every shift and
+    severity (:func:`bloodcells.shift.benchmark`), one row per run, split, shift and
+    severity; kept in ``models/robust/shift.json`` under the runs' training keys."""
+    from bloodcells.experiment import keyed, load_splits, source_hash
+    from bloodcells.shift import benchmark, stratified_subset
+
+    root = root or project_root()
+    section = params[SECTION]
+    seed = section["shift_seed"]
+    tkey = source_hash(__file__) + "".join(r["training_key"] for r in records)
+    tkey += repr([section[k] for k in ("val_images", "test_images", "severities")]) + str(seed)
+
+    def compute() -> dict:
+        import bloodcells.stain  # noqa: F401 - registers the layers the models hold
+        from bloodcells.inference import predict_proba
+        from bloodcells.models import load_saved
+
+        data = load_splits(section["image_size"], root)
+        subsets = {}
+        for split, n in (("val", section["val_images"]), ("test", section["test_images"])):
+            x, y = data[split]
+            keep = stratified_subset(np.asarray(y), n, seed)
+            subsets[split] = (np.asarray(x)[keep], np.asarray(y)[keep])
+        rows = []
+        for r in records:
+            model = load_saved(
+                resolve(Path("models") / SECTION_KEY / r["variant"], root) / "model.keras"
+            )
+            for split, (x, y) in subsets.items():
+                table = benchmark(
+                    lambda _, batch, model=model: predict_proba(model, batch)[0],
+                    {r["variant"]: section["image_size"]},
+                    {section["image_size"]: x},
+                    y,
+                    severities=tuple(section["severities"]),
+                    seed=seed,
+                )
+                table.insert(1, "split", split)
+                table.insert(2, "remedy", r["remedy"])
+                table.insert(3, "seed", r["seed"])
+                rows.append(table)
+        return {"rows": pd.concat(rows).to_dict("records")}
+
+    path = resolve(Path("models") / SECTION_KEY / "shift.json", root)
+    return pd.DataFrame(keyed(path, hashed(tkey), compute)["rows"])
+
+
+def hashed(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from bloodcells.config import load_params
+    from bloodcells.timing import record_stage_time
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    params = load_params()
+    check_params(params.get(SECTION), params["models"])
+    t0 = time.perf_counter()
+    records = train_remedies(params)
+    scores = shift_scores(params, records)
+    record_stage_time("train-robust", time.perf_counter() - t0)
+    print(
+        f"train-robust: {len(records)} runs, {len(scores)} scored cases in models/robust/ "
+        f"({math.ceil((time.perf_counter() - t0) / 60)} min)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
