@@ -77,8 +77,13 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     assert grown.train == round(700 * estimate.SMOTE_GROWTH) > 700  # SMOTE grows the split
     assert {r.stage for r in runs} == {
         "cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2",
-        "cross-validation", "shuffling", "inceptionv3", "xception", "hybrid", "supcon",
+        "cross-validation", "shuffling", "train-robust", "inceptionv3", "xception", "hybrid",
+        "supcon",
     }  # fmt: skip
+    robust = params["robust_training"]
+    remedies = [r for r in runs if r.stage == "train-robust"]
+    assert len(remedies) == len(robust["remedies"]) * len(robust["seeds"])
+    assert {r.config(params).image_size for r in remedies} == {robust["image_size"]}
     calls = []
 
     def fake(params, run):  # 100 images/s training, 400 inference, for every model

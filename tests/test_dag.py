@@ -78,6 +78,7 @@ def test_every_stage_run_twice_gives_the_same_outputs(smoke_project, smoke_rerun
         "models/supcon",
         "models/shuffling",
         "models/cross_validation",
+        "models/robust",
         "data/processed",
         "export/best.keras",
         "dvclive/hybrid",
@@ -136,6 +137,7 @@ EDITS = [
             *(f"report@{k}" for k in ("mobilenetv2", "inceptionv3", "xception")),
             "report-hybrid",
             "report-supcon",
+            "report-robust",  # the test CIs of its conclusion
             "compare",
             "export",
         },
@@ -162,6 +164,7 @@ EDITS = [
             *(f"report@{k}" for k in ("mobilenetv2", "inceptionv3", "xception")),
             "report-hybrid",
             "report-supcon",
+            "report-robust",
             "compare",
             "generalisation",
             "site",  # the preprocessing report it links changed
@@ -178,6 +181,12 @@ EDITS = [
         _edit_yaml(_smoke("shuffling", "epochs", value=2)),
         (),
         {"shuffling", "paper-protocol"},
+    ),
+    (
+        "a remedy study's setting: robust_training.epochs (active)",
+        _edit_yaml(_smoke("robust_training", "epochs", value=2)),
+        (),
+        {"train-robust", "report-robust"},
     ),
     (
         "a new cached size: preprocess.image_sizes + 64 (preprocess rerun for real)",

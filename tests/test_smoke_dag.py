@@ -54,6 +54,9 @@ def test_every_stage_ran_and_left_its_outputs(smoke_project):
         "models/supcon/supcon/embeddings.npz",
         "reports/13_generalisation.html",
         "metrics/generalisation.json",
+        "models/robust/shift.json",
+        "reports/15_robust_training.html",
+        "metrics/robust_training.json",
         "dvc.lock",
     ):
         assert (smoke_project / out).is_file(), out
@@ -297,3 +300,36 @@ def test_generalisation_report_compares_the_remedies_without_retraining(smoke_pr
         assert 0.0 <= row["mean accuracy under shift"] <= 1.0
     html = (smoke_project / "reports/13_generalisation.html").read_text()
     assert "Remedies without retraining" in html and "few-shot adaptation on" in html
+
+
+def test_remedies_report_shows_each_remedy_beside_the_baseline(smoke_project):
+    """Notebook 15: every remedy of the smoke profile trained, scored under the shifts on
+    validation and test, and reported with the numbers its saved runs give."""
+    html = (smoke_project / "reports/15_robust_training.html").read_text()
+    assert "Traceback" not in html
+    metrics = json.loads((smoke_project / "metrics/robust_training.json").read_text())
+    params = yaml.safe_load((smoke_project / "params.yaml").read_text())
+    remedies = params["robust_training"]["remedies"]
+    assert list(metrics["remedies"]) == remedies
+    assert metrics["chosen_on_validation"] in remedies
+    scores = json.loads((smoke_project / "models/robust/shift.json").read_text())["rows"]
+    assert {(r["remedy"], r["split"]) for r in scores} == {
+        (m, s) for m in remedies for s in ("val", "test")
+    }
+    for remedy in remedies:
+        run = smoke_project / f"models/robust/{remedy}_s42"
+        preds = np.load(run / "predictions.npz")
+        accuracy = float((preds["test_probs"].argmax(axis=1) == preds["test_y"]).mean())
+        assert metrics["remedies"][remedy]["test accuracy"] == round(accuracy, 4)
+        under = np.mean(
+            [r["accuracy"] for r in scores if r["remedy"] == remedy and r["split"] == "test"
+             and r["shift"] != "none"]
+        )  # fmt: skip
+        said = (
+            f"{pct(under)} on average under the shifts"  # the baseline's sentence
+            if remedy == "none"
+            else f"<li><strong>{remedy}</strong>: {pct(under)} under shift"
+        )
+        assert said in html
+    assert f"<strong>{metrics['chosen_on_validation']}</strong>" in html
+    assert html.count("data:image/png;base64") >= 1  # the heatmap

@@ -343,19 +343,6 @@ def save_adapted(model, metadata: dict, how: dict, dest: Path) -> Path:
     return dest
 
 
-def _load_images(files: list[Path], size: int) -> tuple[np.ndarray, list[int], list[dict]]:
-    from bloodcells.predict import load_image
-
-    images, kept, errors = [], [], []
-    for i, path in enumerate(files):
-        try:
-            images.append(load_image(path, size))
-            kept.append(i)
-        except Exception as exc:  # unreadable image: listed, not fatal
-            errors.append({"file": str(path), "error": str(exc)})
-    return np.stack(images) if images else np.empty((0, size, size, 3), np.uint8), kept, errors
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bloodcells-adapt",
@@ -381,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     from bloodcells.console import native_logs_held
     from bloodcells.export import NotAModelError, load_exported
     from bloodcells.external import labelled_files
-    from bloodcells.predict import EXTENSIONS
+    from bloodcells.predict import EXTENSIONS, load_images
 
     try:
         if args.out.resolve() == args.model.resolve():
@@ -400,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.per_class:
                 chosen = per_class(labels, args.per_class, args.seed)
                 files, labels = [files[i] for i in chosen], labels[chosen]
-        x, kept, errors = _load_images(files, size)
+        x, kept, errors = load_images(files, size)
         if not len(x):
             raise ValueError(f"{args.folder}: none of its {len(files)} image(s) could be read.")
         with native_logs_held():

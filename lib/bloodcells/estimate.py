@@ -1,13 +1,15 @@
 """``python -m bloodcells.estimate``: how long the study will take on this machine.
 
 ``make repro`` runs it before ``dvc repro``. It lists every training run the active profile
-asks for (each family and optimizer, the cross-validation folds and the shuffling study's runs,
-the hybrid's two phases, SupCon's pre-training, probe and control), calibrates each model
+asks for (each family and optimizer, the cross-validation folds, the shuffling study's runs,
+the training-side remedies, the hybrid's two phases, SupCon's pre-training, probe and
+control), calibrates each model
 configuration on this machine with a few real training and inference steps of
 ``model.fit`` on random images of the right size (the speed of a convolution does not depend
 on the pixels, so no data is needed yet), and multiplies out. Calibrations are cached in
 ``.cache/estimate.json`` by machine and model configuration, so a second run costs
-seconds. It is an estimate: tracing, evaluation and the comparison stage add a few
+seconds. It is an estimate: the remedies are calibrated as the plain CNN (GroupNorm and
+the stain layers cost more per step); tracing, evaluation and the comparison stage add a few
 percent, and a shared or throttled host is slower.
 """
 
@@ -119,8 +121,9 @@ def plan(params: dict, n_train: int, n_val: int, n_test: int = 0) -> list[Run]:
 
 
 def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]:
-    """The cross-validation folds (over train + val) and the shuffling study's runs (the
-    paper's protocol over every image: 70% train, of which the last 20% validates)."""
+    """The cross-validation folds (over train + val), the shuffling study's runs (the
+    paper's protocol over every image: 70% train, of which the last 20% validates) and the
+    remedy runs of ``robust_training``."""
     runs = []
     cv = params["cross_validation"]
     over = (("image_size", cv["image_size"]), ("conv_widths", cv.get("conv_widths")))
@@ -143,6 +146,14 @@ def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]
             runs.append(
                 Run("shuffling", f"shuffling {condition} seed {seed}", sh["family"], over,
                     sh["epochs"], fit, training - fit)
+            )  # fmt: skip
+    rb = params["robust_training"]  # one run per remedy and seed, each a CNN of this size
+    over = (("image_size", rb["image_size"]), ("conv_widths", rb.get("conv_widths")))
+    for seed in rb["seeds"]:
+        for remedy in rb["remedies"]:
+            runs.append(
+                Run("train-robust", f"remedy {remedy} seed {seed}", rb["family"], over,
+                    rb["epochs"], n_train, n_val)
             )  # fmt: skip
     return runs
 

@@ -61,6 +61,20 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise ValueError(f"cannot decode ({exc}); truncated or corrupt?") from exc
 
 
+def load_images(files: list[Path], size: int) -> tuple[np.ndarray, list[int], list[dict]]:
+    """``files`` as one uint8 batch at ``size`` px, the indices of those read, and one
+    ``{"file", "error"}`` per file that could not be (:func:`load_image`'s reason): an
+    unreadable image is listed, never fatal."""
+    images, kept, errors = [], [], []
+    for i, path in enumerate(files):
+        try:
+            images.append(load_image(path, size))
+            kept.append(i)
+        except ValueError as exc:
+            errors.append({"file": str(path), "error": str(exc)})
+    return np.stack(images) if images else np.empty((0, size, size, 3), np.uint8), kept, errors
+
+
 class Prediction(NamedTuple):
     """One file's answer: probabilities, or the error that stopped it; and, when the model
     carries an out-of-distribution detector (``metadata["ood"]``), its scores and flag."""
@@ -82,15 +96,9 @@ def predict_files(
     bar = tqdm(total=len(files), unit="img", disable=not progress, mininterval=1)
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        images, ok, failed = [], [], []
-        for path in chunk:
-            try:
-                images.append(load_image(path, size))
-                ok.append(path)
-            except ValueError as exc:
-                failed.append((path, str(exc)))
-        if images:
-            x = np.stack(images)
+        x, kept, errors = load_images(chunk, size)
+        ok = [chunk[i] for i in kept]
+        if ok:
             probs = predict_proba(model, x, batch_size)[0]
             flags = detector.flags(probs, x) if detector else None
             for i, (path, pr) in enumerate(zip(ok, probs, strict=True)):
@@ -105,7 +113,7 @@ def predict_files(
                     else None
                 )
                 yield Prediction(path, pr, None, ood)
-        yield from (Prediction(p, None, e) for p, e in failed)
+        yield from (Prediction(Path(e["file"]), None, e["error"]) for e in errors)
         bar.update(len(chunk))
     bar.close()
 

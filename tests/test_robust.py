@@ -1,0 +1,188 @@
+"""Training-side remedies (issue 18, part 3): the stain layers, the GroupNorm copy, the
+params check and the choice on validation, on real sample images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bloodcells import remedies, robust, shift
+from bloodcells.preprocess import load_resized
+
+
+@pytest.fixture(scope="module")
+def cells(built, sample_dir) -> np.ndarray:
+    """Sixteen real images of the sample at 32 px, every class among them."""
+    manifest = built[0]
+    rows = manifest.groupby("label").head(2)
+    return np.stack([load_resized(sample_dir / p, 32) for p in rows["path"]])
+
+
+def lab(x):
+    from keras import ops
+
+    from bloodcells.stain import rgb_to_lab
+
+    return ops.convert_to_numpy(rgb_to_lab(x))
+
+
+def test_lab_matches_the_cie_reference_values_and_round_trips(cells):
+    from keras import ops
+
+    from bloodcells.stain import lab_to_rgb
+
+    # sRGB white, red and blue in CIE L*a*b* (D65): the published reference values
+    probe = np.array([[[[255, 255, 255], [255, 0, 0], [0, 0, 255]]]], dtype=np.uint8)
+    expected = [[100.0, 0.0, 0.0], [53.24, 80.09, 67.20], [32.30, 79.19, -107.86]]
+    np.testing.assert_allclose(lab(probe)[0, 0], expected, atol=0.02)
+    back = ops.convert_to_numpy(lab_to_rgb(lab(cells)))
+    assert np.abs(back - cells).max() < 0.6  # every real pixel comes back
+
+
+def test_stain_normalisation_maps_each_image_to_the_target_and_undoes_a_restaining(cells):
+    from keras import ops
+
+    from bloodcells.stain import StainNormalisation, lab_statistics
+
+    target = lab_statistics(cells)
+    layer = StainNormalisation(target)
+    out = lab(ops.convert_to_numpy(layer(cells)))
+    # each image's L*a*b* means land on the target's (gamut clipping aside)
+    np.testing.assert_allclose(
+        out.mean(axis=(1, 2)), np.tile(target[:3], (len(cells), 1)), atol=1.5
+    )
+    restained = shift.apply(cells, "stain (HED)", 3, seed=1)
+    before = np.abs(restained.astype(float) - cells).mean()
+    after = np.abs(
+        ops.convert_to_numpy(layer(restained)) - ops.convert_to_numpy(layer(cells))
+    ).mean()
+    assert after < 0.5 * before, (before, after)
+
+
+def test_stain_jitter_is_seeded_changes_training_images_only_and_survives_saving(cells, tmp_path):
+    import keras
+    from keras import ops
+
+    from bloodcells.models import load_saved
+    from bloodcells.stain import RandomStainColour
+
+    def jittered(seed):
+        return ops.convert_to_numpy(RandomStainColour(0.2, seed)(cells, training=True))
+
+    np.testing.assert_array_equal(jittered(3), jittered(3))
+    assert np.abs(jittered(3) - jittered(4)).mean() > 1.0
+    assert np.abs(jittered(3) - cells).mean() > 2.0
+    layer = RandomStainColour(0.2, 3)
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer(cells, training=False)), cells)
+    inputs = keras.Input((32, 32, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(layer(inputs)))
+    model.save(tmp_path / "m.keras")
+    again = load_saved(tmp_path / "m.keras")
+    np.testing.assert_allclose(again.predict(cells, verbose=0), model.predict(cells, verbose=0))
+
+
+def test_groupnorm_copy_replaces_every_batchnorm_and_is_batch_independent(cells):
+    import keras
+
+    from bloodcells.models import build_model
+
+    base = build_model(
+        "cnn", 32, 8, dropout=0.0, conv_widths=[16, 32, 64]
+    )  # no dropout: deterministic
+    copy = robust.groupnorm_copy(base, 8)
+
+    def layers(model, kind):
+        found = []
+        for layer in model.layers:
+            found += layers(layer, kind) if isinstance(layer, keras.Model) else []
+            found += [layer] if isinstance(layer, kind) else []
+        return found
+
+    bn = layers(base, keras.layers.BatchNormalization)
+    assert len(bn) == 6 and not layers(copy, keras.layers.BatchNormalization)
+    assert len(layers(copy, keras.layers.GroupNormalization)) == len(bn)
+    # in training mode an image's output does not depend on the batch it comes in
+    alone = copy(cells[:1], training=True)
+    together = copy(cells, training=True)[:1]
+    np.testing.assert_allclose(np.asarray(alone), np.asarray(together), atol=1e-5)
+    assert not np.allclose(
+        np.asarray(base(cells[:1], training=True)), np.asarray(base(cells, training=True)[:1])
+    )
+
+
+GOOD = {
+    "family": "cnn",
+    "image_size": 64,
+    "epochs": 4,
+    "conv_widths": [16, 32, 64],
+    "remedies": ["none", "groupnorm"],
+    "seeds": [42],
+    "augmentation_strength": 0.2,
+    "groupnorm_groups": 8,
+    "val_images": 0,
+    "test_images": 100,
+    "severities": [1, 3],
+    "shift_seed": 0,
+    "choose_within": 0.003,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"family": "resnet"}, "family"),
+        ({"remedies": ["groupnorm"]}, "remedies"),  # no baseline
+        ({"remedies": ["none", "dropout"]}, "remedies"),
+        ({"seeds": [1, 1]}, "seeds"),
+        ({"conv_widths": [16] * 7}, "conv_widths"),  # pools 64 px below one pixel
+        ({"severities": [5]}, "severities"),
+        ({"augmentation_strength": 1.5}, "augmentation_strength"),
+        ({"val_images": -1}, "val_images"),
+    ],
+)
+def test_params_errors_name_the_key(change, key):
+    assert robust.check_params(GOOD, {"cnn": {}}) == GOOD
+    with pytest.raises(ValueError, match=f"'robust_training.{key}'"):
+        robust.check_params(GOOD | change, {"cnn": {}})
+    missing = {k: v for k, v in GOOD.items() if k != key}
+    with pytest.raises(ValueError, match=f"'robust_training.{key}'"):
+        robust.check_params(missing, {"cnn": {}})
+
+
+def table(rows: dict[str, tuple[float, float, float, float]], sd=None) -> pd.DataFrame:
+    cols = [
+        "val accuracy",
+        "test accuracy",
+        "val accuracy under shift",
+        "test accuracy under shift",
+    ]
+    out = pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+    out["seeds"] = 1 if sd is None else 3
+    out["sd over seeds (test accuracy)"] = sd
+    return out
+
+
+def test_the_choice_is_the_most_robust_within_the_tolerance_on_validation():
+    t = table(
+        {
+            "none": (0.950, 0.95, 0.70, 0.70),
+            "groupnorm": (0.948, 0.90, 0.80, 0.99),  # within 0.3 points: most robust on val
+            "stain_augmentation": (0.940, 0.96, 0.90, 0.60),  # more robust, 1 point worse
+        }
+    )
+    assert remedies.choose(t, 0.003) == "groupnorm"
+    assert remedies.choose(t, 0.02) == "stain_augmentation"
+    assert remedies.choose(t, 0.0) == "none"
+
+
+def test_the_conclusion_says_when_a_remedy_costs_more_than_the_ci_and_seed_spread():
+    t = table({"none": (0.95, 0.95, 0.7, 0.70), "groupnorm": (0.94, 0.90, 0.8, 0.85)})
+    text = remedies.conclusion(t, "groupnorm", {"none": (0.94, 0.96)})
+    assert "**groupnorm**: 85.00% under shift (+15.00 points" in text
+    assert "costs 5.00 points in-domain, more than the test CI's half-width (1.00)" in text
+    assert "seed-to-seed spread is not measured" in text
+    t = table({"none": (0.95, 0.95, 0.7, 0.70), "groupnorm": (0.94, 0.945, 0.8, 0.85)}, sd=0.01)
+    text = remedies.conclusion(t, "groupnorm", {"none": (0.94, 0.96)})
+    assert "changes in-domain accuracy by -0.50 points, within the seed spread (1.00)" in text
+    assert "not measured" not in text
