@@ -120,6 +120,7 @@ GOOD = {
     "seeds": [42],
     "augmentation_strength": 0.2,
     "groupnorm_groups": 8,
+    "groupnorm_learning_rate": 0.0001,
     "val_images": 0,
     "test_images": 100,
     "severities": [1, 3],
@@ -138,16 +139,17 @@ GOOD = {
         ({"conv_widths": [16] * 7}, "conv_widths"),  # pools 64 px below one pixel
         ({"severities": [5]}, "severities"),
         ({"augmentation_strength": 1.5}, "augmentation_strength"),
+        ({"groupnorm_learning_rate": 0}, "groupnorm_learning_rate"),
         ({"val_images": -1}, "val_images"),
     ],
 )
 def test_params_errors_name_the_key(change, key):
-    assert robust.check_params(GOOD, {"cnn": {}}) == GOOD
+    assert remedies.check_params(GOOD, {"cnn": {}}) == GOOD
     with pytest.raises(ValueError, match=f"'robust_training.{key}'"):
-        robust.check_params(GOOD | change, {"cnn": {}})
+        remedies.check_params(GOOD | change, {"cnn": {}})
     missing = {k: v for k, v in GOOD.items() if k != key}
     with pytest.raises(ValueError, match=f"'robust_training.{key}'"):
-        robust.check_params(missing, {"cnn": {}})
+        remedies.check_params(missing, {"cnn": {}})
 
 
 def table(rows: dict[str, tuple[float, float, float, float]], sd=None) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells import robust, shift
+from bloodcells import remedies, shift
 from bloodcells.config import ParamsError, load_params
 from bloodcells.paths import manifest_path, processed_dir, project_root
 
@@ -62,7 +62,7 @@ def stage_params(params: dict) -> dict[str, dict]:
             "train": params["train"],
             "models": {key: entry},
         }
-    robust.check_params(params.get(robust.SECTION), params["models"])
+    remedies.check_params(params.get(remedies.SECTION), params["models"])
     for study in STUDIES:  # a study trains its family's recipe with settings of its own
         family = params[study]["family"]
         recipe = {k: v for k, v in params["models"][family].items() if k not in OVERRIDDEN}
