@@ -70,16 +70,17 @@ def test_evaluate_scored_the_labelled_copy(readme_run):
     )
 
 
-def test_the_queued_sweep_reran_only_the_cnn(readme_run):
+def test_the_queued_sweep_reran_only_the_remedies_study(readme_run):
     _, blocks = readme_run
     out = block(blocks, "source .venv/bin/activate").output
-    assert "Running stage 'train@cnn'" in out
+    assert "Running stage 'train-robust'" in out and "Running stage 'report-robust'" in out
     assert "Stage 'preprocess' didn't change, skipping" in out
-    for other in ("unet", "xception"):
+    for other in ("cnn", "unet", "xception"):
         assert f"Running stage 'train@{other}'" not in out
     for other in ("hybrid", "supcon"):
         assert f"Running stage 'train-{other}'" not in out
-    assert "cnn-seed-7" in out  # dvc exp show lists it
+    assert "Running stage 'generalisation'" not in out
+    assert "stain-0.1" in out  # dvc exp show lists it
 
 
 def test_a_second_checkout_pulls_everything_and_has_nothing_to_rerun(readme_run):
@@ -87,7 +88,7 @@ def test_a_second_checkout_pulls_everything_and_has_nothing_to_rerun(readme_run)
     out = block(blocks, "git clone").output
     assert out.count("Data and pipelines are up to date.") == 2  # dvc status, dvc repro
     assert "Running stage" not in out
-    assert "cnn-seed-7" in out  # the experiment, pulled from the git remote
+    assert "stain-0.1" in out  # the experiment, pulled from the git remote
     copy = work.parent / "bloodcells-copy"
     for path in ("export/best.keras", "metrics/summary.json", "reports/index.html"):
         assert (copy / path).read_bytes() == (work / path).read_bytes(), path
