@@ -23,16 +23,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(items: list) -> None:
-    """Unit tests first; then those that read the README's run (the one marked ``edits``
-    first: it edits and restores that project); then those that need the second run,
-    which runs at a lower priority and finishes last. Both runs go on in the background
-    while the earlier tests run (see :func:`smoke_in_background`)."""
+    """Unit tests first; then those that read only the independent run of the smoke DAG
+    (the one marked ``edits`` first: it edits and restores that project), which has less
+    to do than the README's run and finishes first, so they run while the README's run
+    goes on; then those that read the README's run; last the one that compares both.
+    Both runs go on in the background from the start (see :func:`smoke_in_background`)."""
 
     def stage(item) -> tuple[int, bool]:
         needs = set(item.fixturenames)
-        rerun = item.get_closest_marker("rerun") is not None or bool(needs & RERUN_FIXTURES)
-        readme = bool(needs & README_FIXTURES)
-        return 2 * rerun + (readme or rerun), item.get_closest_marker("edits") is None
+        readme, dag = bool(needs & README_FIXTURES), bool(needs & RERUN_FIXTURES)
+        group = 3 if readme and dag else 2 if readme else 1 if dag else 0
+        return group, item.get_closest_marker("edits") is None
 
     items.sort(key=stage)
 
@@ -140,9 +141,9 @@ def project_files() -> list[str]:
 #: what the README says to run -> what the suite runs instead, and only these
 STAND_INS = {"cd ../bloodcells-copy && make setup": "cd ../bloodcells-copy && ln -s {venv} .venv"}
 
-#: fixtures that need the smoke DAG run (the README's) or its second run
+#: fixtures that need the README's run of the smoke DAG, or the independent run
 README_FIXTURES = {"readme_run", "smoke_project"}
-RERUN_FIXTURES = {"smoke_rerun"}
+RERUN_FIXTURES = {"smoke_rerun", "smoke_dag"}
 
 
 def stand_ins(code: str) -> str:
@@ -220,7 +221,8 @@ def smoke_in_background(request, tmp_path_factory):
     run of every smoke stage (``dvc repro --force`` in a copy of its own) at once, in the
     background: each mostly keeps one core busy, so they and the unit tests, which run
     first (:func:`pytest_collection_modifyitems`), share the two cores instead of queueing.
-    The README's run, the longer chain, has the higher priority."""
+    Both at the same priority: the independent run, the shorter chain, finishes first and
+    the tests that read it run while the README's run is still going."""
     needs = set().union(*(item.fixturenames for item in request.session.items))
     if needs & (README_FIXTURES | RERUN_FIXTURES):
         sample_dir = request.getfixturevalue("sample_dir")
@@ -240,8 +242,8 @@ def smoke_in_background(request, tmp_path_factory):
     if needs & RERUN_FIXTURES:
         project = smoke_copy(tmp_path_factory.mktemp("rerun") / "bloodcells", sample_dir)
         log = open(project.parent / "rerun.log", "w")  # noqa: SIM115 - closed below
-        process = subprocess.Popen(  # at a lower priority: the README's run is the longer
-            ["nice", "-n", "10", str(ROOT / ".venv/bin/dvc"), "repro", "--force"],
+        process = subprocess.Popen(
+            [str(ROOT / ".venv/bin/dvc"), "repro", "--force"],
             cwd=project,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -282,6 +284,14 @@ def smoke_rerun() -> tuple[Path, str]:
     output = (project.parent / "rerun.log").read_text()
     assert code == 0, output[-6000:]
     return project, output
+
+
+@pytest.fixture(scope="session")
+def smoke_dag(smoke_rerun) -> Path:
+    """A smoke project in which every stage has run once, independently of the README's
+    run (which gives the same bytes: ``test_every_stage_run_twice_gives_the_same_outputs``).
+    The tests of what the stages wrote read this one: it finishes first."""
+    return smoke_rerun[0]
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ edit reruns exactly the stages that read what it changed (docs/decisions/010).
 
 The first compares the README's smoke run with a second, independent one in a fresh copy
 (``dvc repro --force``; the ``smoke_rerun`` fixture, in the background while the other
-tests run); the second edits the README run's project and restores it after each edit.
+tests run); the second edits that second project and restores it after each edit.
 The hashes of the two runs and the table of edits are written to ``reports/dag_rerun.md``
 and ``reports/dag_invalidation.md``.
 """
@@ -199,12 +199,13 @@ EDITS = [
 
 
 @pytest.mark.edits
-def test_an_edit_reruns_exactly_what_reads_it(smoke_project):
-    """Each edit on the README run's project: run the stages that resolve it (``params``,
-    and for the data edits ``preprocess`` and ``inputs``), then ``dvc status`` names the
-    stages that would rerun. Undone after each edit: ``git reset --hard`` (DVC stages
-    ``dvc.lock`` as it writes it) and ``dvc checkout``, so the project ends as it began."""
-    project = smoke_project
+def test_an_edit_reruns_exactly_what_reads_it(smoke_dag):
+    """Each edit on the independent run's project (``smoke_dag``): run the stages that
+    resolve it (``params``, and for the data edits ``preprocess`` and ``inputs``), then
+    ``dvc status`` names the stages that would rerun. Undone after each edit: ``git reset
+    --hard`` (DVC stages ``dvc.lock`` as it writes it) and ``dvc checkout``, so the project
+    ends as it began."""
+    project = smoke_dag
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(
         [

@@ -100,7 +100,7 @@ PROMPTS = (
 
 
 @pytest.mark.e2e
-def test_a_family_notebook_runs_in_jupyterlab_in_a_real_browser(smoke_project, tmp_path):
+def test_a_family_notebook_runs_in_jupyterlab_in_a_real_browser(smoke_dag, tmp_path):
     """Open notebooks/03_unet.ipynb in headless Chromium on `make lab`'s server, run all
     cells (the Run menu), see the test accuracy the unet's DVC stage reported, save, and
     find the file byte for byte as it was (outputs stripped by the save hook)."""
@@ -112,15 +112,15 @@ def test_a_family_notebook_runs_in_jupyterlab_in_a_real_browser(smoke_project, t
     from tests import browser
 
     assert browser.available(), "`make browser` installs Debian's chromium and its driver."
-    notebook = smoke_project / "notebooks/03_unet.ipynb"
+    notebook = smoke_dag / "notebooks/03_unet.ipynb"
     before = notebook.read_bytes()
-    preds = np.load(smoke_project / "models/unet/unet/predictions.npz")
+    preds = np.load(smoke_dag / "models/unet/unet/predictions.npz")
     accuracy = pct(float((preds["test_probs"].argmax(axis=1) == preds["test_y"]).mean()))
-    assert accuracy in (smoke_project / "reports/03_unet.html").read_text()  # the stage's
+    assert accuracy in (smoke_dag / "reports/03_unet.html").read_text()  # the stage's
 
     shots = ROOT / "reports" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    with lab_server(smoke_project, tmp_path) as (base, token), browser.chromium() as driver:
+    with lab_server(smoke_dag, tmp_path) as (base, token), browser.chromium() as driver:
         driver.get(f"{base}/lab/tree/notebooks/03_unet.ipynb?token={token}")
         wait = WebDriverWait(driver, 180, poll_frequency=1)
 

@@ -1,5 +1,7 @@
-"""End to end: the whole DAG under the smoke profile, in a copy of the project, run by the
-README's own commands (the ``smoke_project`` fixture in conftest.py)."""
+"""End to end: what every stage of the smoke DAG wrote, in a fresh copy of the project
+(the ``smoke_dag`` fixture in conftest.py: ``dvc repro --force``). The README's own run of
+the same DAG gives the same bytes (tests/test_dag.py) and its commands are checked in
+tests/test_readme.py."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ FAMILY_REPORTS = {
 pytestmark = pytest.mark.e2e
 
 
-def test_every_stage_ran_and_left_its_outputs(smoke_project):
+def test_every_stage_ran_and_left_its_outputs(smoke_dag):
     for out in (
         "data/raw/PBC_dataset_normal_DIB/.verified",
         "data/interim/manifest.csv",
@@ -59,12 +61,12 @@ def test_every_stage_ran_and_left_its_outputs(smoke_project):
         "metrics/robust_training.json",
         "dvc.lock",
     ):
-        assert (smoke_project / out).is_file(), out
+        assert (smoke_dag / out).is_file(), out
 
 
-def test_preprocessing_report_shows_the_data_quality_numbers(smoke_project):
-    html = (smoke_project / "reports/01_preprocessing.html").read_text()
-    quality = json.loads((smoke_project / "data/interim/data_quality.json").read_text())
+def test_preprocessing_report_shows_the_data_quality_numbers(smoke_dag):
+    html = (smoke_dag / "reports/01_preprocessing.html").read_text()
+    quality = json.loads((smoke_dag / "data/interim/data_quality.json").read_text())
     assert quality["images_kept"] == 106 and quality["files_scanned"] == 110
     assert f"<strong>{quality['files_scanned']:,}</strong> files" in html
     assert f"<strong>{quality['images_kept']:,}</strong> images are kept" in html
@@ -74,10 +76,10 @@ def test_preprocessing_report_shows_the_data_quality_numbers(smoke_project):
     assert "Traceback" not in html
 
 
-def test_metrics_are_readable_by_dvc(smoke_project):
+def test_metrics_are_readable_by_dvc(smoke_dag):
     out = subprocess.run(
         ["dvc", "metrics", "show", "--json"],
-        cwd=smoke_project,
+        cwd=smoke_dag,
         capture_output=True,
         text=True,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
@@ -89,14 +91,14 @@ def test_metrics_are_readable_by_dvc(smoke_project):
 
 
 @pytest.mark.parametrize(("key", "notebook"), FAMILY_REPORTS.items())
-def test_family_report_shows_its_measured_numbers(smoke_project, key, notebook):
-    html = (smoke_project / f"reports/{notebook}.html").read_text()
+def test_family_report_shows_its_measured_numbers(smoke_dag, key, notebook):
+    html = (smoke_dag / f"reports/{notebook}.html").read_text()
     assert "Traceback" not in html
-    metrics = json.loads((smoke_project / f"metrics/{key}.json").read_text())
+    metrics = json.loads((smoke_dag / f"metrics/{key}.json").read_text())
     variants = [v for v in metrics if v.startswith(key) and isinstance(metrics[v], dict)]
     assert variants, metrics.keys()
     for variant in variants:
-        run = smoke_project / f"models/{key}/{variant}"
+        run = smoke_dag / f"models/{key}/{variant}"
         record = json.loads((run / "run.json").read_text())
         preds = np.load(run / "predictions.npz")
         accuracy = float((preds["test_probs"].argmax(axis=1) == preds["test_y"]).mean())
@@ -107,18 +109,18 @@ def test_family_report_shows_its_measured_numbers(smoke_project, key, notebook):
     assert html.count("data:image/png;base64") >= 2
 
 
-def test_resnet_compares_both_optimizers(smoke_project):
-    metrics = json.loads((smoke_project / "metrics/resnet50.json").read_text())
+def test_resnet_compares_both_optimizers(smoke_dag):
+    metrics = json.loads((smoke_dag / "metrics/resnet50.json").read_text())
     assert {"resnet50_sgd", "resnet50_rmsprop"} <= set(metrics)
 
 
-def test_paper_protocol_report_has_cross_validation_and_the_shuffling_verdicts(smoke_project):
+def test_paper_protocol_report_has_cross_validation_and_the_shuffling_verdicts(smoke_dag):
     from bloodcells import report
 
-    html = (smoke_project / "reports/14_paper_protocol.html").read_text()
-    cv = json.loads((smoke_project / "metrics/cross_validation.json").read_text())
-    study = json.loads((smoke_project / "metrics/shuffling.json").read_text())
-    params = yaml.safe_load((smoke_project / "params.yaml").read_text())
+    html = (smoke_dag / "reports/14_paper_protocol.html").read_text()
+    cv = json.loads((smoke_dag / "metrics/cross_validation.json").read_text())
+    study = json.loads((smoke_dag / "metrics/shuffling.json").read_text())
+    params = yaml.safe_load((smoke_dag / "params.yaml").read_text())
     smoke = params["profiles"]["smoke"]
     assert len(cv["folds"]) == smoke["cross_validation"]["folds"] == 2
     assert cv["conv_widths"] == params["cross_validation"]["conv_widths"]
@@ -141,17 +143,17 @@ def test_paper_protocol_report_has_cross_validation_and_the_shuffling_verdicts(s
     assert "data-ordering" not in html and "Traceback" not in html
 
 
-def test_supcon_has_its_cross_entropy_control(smoke_project):
-    metrics = json.loads((smoke_project / "metrics/supcon.json").read_text())
+def test_supcon_has_its_cross_entropy_control(smoke_dag):
+    metrics = json.loads((smoke_dag / "metrics/supcon.json").read_text())
     assert {"supcon", "supcon_ce_control"} <= set(metrics)
-    html = (smoke_project / "reports/11_supcon.html").read_text()
+    html = (smoke_dag / "reports/11_supcon.html").read_text()
     assert "cross-entropy for" in html and "Temperature 0.1" in html
 
 
-def test_comparison_audits_the_paper_against_its_notebooks(smoke_project):
+def test_comparison_audits_the_paper_against_its_notebooks(smoke_dag):
     from bloodcells import paper
 
-    html = (smoke_project / "reports/12_comparison.html").read_text()
+    html = (smoke_dag / "reports/12_comparison.html").read_text()
     assert "The paper against its own notebooks" in html
     start = html.index("The paper against its own notebooks")
     audit = html[start : html.index("<h2", start + 1)]
@@ -163,22 +165,22 @@ def test_comparison_audits_the_paper_against_its_notebooks(smoke_project):
     assert "the paper swapped the two" in audit  # U-Net
 
 
-def test_champion_is_chosen_on_validation_and_reported(smoke_project):
-    summary = json.loads((smoke_project / "metrics/summary.json").read_text())
+def test_champion_is_chosen_on_validation_and_reported(smoke_dag):
+    summary = json.loads((smoke_dag / "metrics/summary.json").read_text())
     champ = summary["champion"]
     assert summary["best_chosen_by"] == "validation accuracy"
     assert champ["members"] and set(champ["members"]) <= set(champ["candidates"])
     assert 0.0 <= champ["test_accuracy"] <= 1.0 and "inference_images_per_second" not in champ
-    timing = json.loads((smoke_project / "metrics/timings/12_comparison.json").read_text())
+    timing = json.loads((smoke_dag / "metrics/timings/12_comparison.json").read_text())
     assert timing["champion"]["inference_images_per_second"] > 0
-    report = (smoke_project / "reports/12_comparison.html").read_text()
+    report = (smoke_dag / "reports/12_comparison.html").read_text()
     assert "+ TTA" in report and "Traceback" not in report
     assert f"{100 * champ['test_accuracy']:.2f}% test accuracy" in report
-    index = (smoke_project / "reports/index.html").read_text()
+    index = (smoke_dag / "reports/index.html").read_text()
     assert f"Champion: {champ['name']}" in index
 
 
-def test_index_page_in_a_real_browser(smoke_project):
+def test_index_page_in_a_real_browser(smoke_dag):
     """The index loads, every report link resolves, no console errors, non-blank screenshot."""
     from urllib.parse import unquote, urlparse
 
@@ -191,7 +193,7 @@ def test_index_page_in_a_real_browser(smoke_project):
     assert browser.available(), (
         "Debian's chromium and chromium-driver are needed: `make browser` installs them."
     )
-    index = smoke_project / "reports" / "index.html"
+    index = smoke_dag / "reports" / "index.html"
     shots = ROOT / "reports" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     with browser.chromium() as driver:
@@ -220,7 +222,7 @@ def test_index_page_in_a_real_browser(smoke_project):
     assert pixels.std() > 5 and len(np.unique(pixels)) > 20  # not a blank page
 
 
-def test_exported_best_model_predicts_from_the_command_line(smoke_project, sample_dir):
+def test_exported_best_model_predicts_from_the_command_line(smoke_dag, sample_dir):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     run = subprocess.run(
         [
@@ -231,34 +233,34 @@ def test_exported_best_model_predicts_from_the_command_line(smoke_project, sampl
             "--json",
             "predictions.json",
         ],
-        cwd=smoke_project,
+        cwd=smoke_dag,
         capture_output=True,
         text=True,
         env=env,
     )
     assert run.returncode == 0, run.stderr
-    data = json.loads((smoke_project / "predictions.json").read_text())
+    data = json.loads((smoke_dag / "predictions.json").read_text())
     assert len(data["predictions"]) == len(list((sample_dir / "platelet").iterdir()))
 
 
-def test_generalisation_report_shows_every_model_under_every_shift(smoke_project):
+def test_generalisation_report_shows_every_model_under_every_shift(smoke_dag):
     from bloodcells import shift
 
-    html = (smoke_project / "reports/13_generalisation.html").read_text()
+    html = (smoke_dag / "reports/13_generalisation.html").read_text()
     assert "Traceback" not in html
-    out = json.loads((smoke_project / "metrics/generalisation.json").read_text())
+    out = json.loads((smoke_dag / "metrics/generalisation.json").read_text())
     from bloodcells.compare import read_records
 
-    records = read_records(smoke_project)  # every family's runs (not the studies')
+    records = read_records(smoke_dag)  # every family's runs (not the studies')
     assert {r["key"] for r in records} >= set(FAMILY_REPORTS)
     assert set(out["models"]) == {r["variant"] for r in records}
     assert out["shifts"] == list(shift.SHIFTS) and out["external"] == []
-    params = yaml.safe_load((smoke_project / "params.yaml").read_text())
+    params = yaml.safe_load((smoke_dag / "params.yaml").read_text())
     n = params["profiles"]["smoke"]["generalisation"]["test_images"]
-    assert out["test_images"] == (n or len(np.load(smoke_project / "data/processed/32/test_y.npy")))
+    assert out["test_images"] == (n or len(np.load(smoke_dag / "data/processed/32/test_y.npy")))
     for name, row in out["models"].items():
         # clean accuracy on the subset = the run's saved test predictions on the same images
-        preds = np.load(smoke_project / f"models/{name.split('_')[0]}/{name}/predictions.npz")
+        preds = np.load(smoke_dag / f"models/{name.split('_')[0]}/{name}/predictions.npz")
         keep = shift.stratified_subset(preds["test_y"], n, params["generalisation"]["seed"])
         right = preds["test_probs"][keep].argmax(1) == preds["test_y"][keep]
         assert row["clean accuracy"] == pytest.approx(float(right.mean()), abs=1e-9), name
@@ -272,7 +274,7 @@ def test_generalisation_report_shows_every_model_under_every_shift(smoke_project
     # the exported model's out-of-distribution detector met every shift
     from bloodcells.export import read_metadata
 
-    meta = read_metadata(smoke_project / "export/best.keras")
+    meta = read_metadata(smoke_dag / "export/best.keras")
     detector = meta["ood"]
     # exported: a model near the best on validation, the most robust of them on validation
     best_val = max(r["val_accuracy"] for r in records)
@@ -285,12 +287,12 @@ def test_generalisation_report_shows_every_model_under_every_shift(smoke_project
     assert "unlike its training data" in html
 
 
-def test_generalisation_report_compares_the_remedies_without_retraining(smoke_project):
+def test_generalisation_report_compares_the_remedies_without_retraining(smoke_dag):
     """AdaBN and few-shot adaptation of the exported model, on the smoke profile's shifts:
     the "none" row is the exported model as the shift benchmark scored it above."""
-    out = json.loads((smoke_project / "metrics/generalisation.json").read_text())
+    out = json.loads((smoke_dag / "metrics/generalisation.json").read_text())
     adaptation = out["adaptation"]
-    params = yaml.safe_load((smoke_project / "params.yaml").read_text())
+    params = yaml.safe_load((smoke_dag / "params.yaml").read_text())
     smoke = params["profiles"]["smoke"]["generalisation"]["adapt"]
     assert {k: adaptation["settings"][k] for k in smoke} == smoke
     assert list(adaptation["summary"]) == ["none", "adabn", "few-shot"]
@@ -299,26 +301,26 @@ def test_generalisation_report_compares_the_remedies_without_retraining(smoke_pr
     assert none["clean accuracy"] == pytest.approx(exported["clean accuracy"], abs=1e-9)
     for row in adaptation["summary"].values():
         assert 0.0 <= row["mean accuracy under shift"] <= 1.0
-    html = (smoke_project / "reports/13_generalisation.html").read_text()
+    html = (smoke_dag / "reports/13_generalisation.html").read_text()
     assert "Remedies without retraining" in html and "few-shot adaptation on" in html
 
 
-def test_remedies_report_shows_each_remedy_beside_the_baseline(smoke_project):
+def test_remedies_report_shows_each_remedy_beside_the_baseline(smoke_dag):
     """Notebook 15: every remedy of the smoke profile trained, scored under the shifts on
     validation and test, and reported with the numbers its saved runs give."""
-    html = (smoke_project / "reports/15_robust_training.html").read_text()
+    html = (smoke_dag / "reports/15_robust_training.html").read_text()
     assert "Traceback" not in html
-    metrics = json.loads((smoke_project / "metrics/robust_training.json").read_text())
-    params = yaml.safe_load((smoke_project / "params.yaml").read_text())
+    metrics = json.loads((smoke_dag / "metrics/robust_training.json").read_text())
+    params = yaml.safe_load((smoke_dag / "params.yaml").read_text())
     remedies = params["robust_training"]["remedies"]
     assert list(metrics["remedies"]) == remedies
     assert metrics["chosen_on_validation"] in remedies
-    scores = json.loads((smoke_project / "models/robust/shift.json").read_text())["rows"]
+    scores = json.loads((smoke_dag / "models/robust/shift.json").read_text())["rows"]
     assert {(r["remedy"], r["split"]) for r in scores} == {
         (m, s) for m in remedies for s in ("val", "test")
     }
     for remedy in remedies:
-        run = smoke_project / f"models/robust/{remedy}_s42"
+        run = smoke_dag / f"models/robust/{remedy}_s42"
         preds = np.load(run / "predictions.npz")
         accuracy = float((preds["test_probs"].argmax(axis=1) == preds["test_y"]).mean())
         assert metrics["remedies"][remedy]["test accuracy"] == round(accuracy, 4)
