@@ -178,13 +178,67 @@ def test_the_choice_is_the_most_robust_within_the_tolerance_on_validation():
     assert remedies.choose(t, 0.0) == "none"
 
 
-def test_the_conclusion_says_when_a_remedy_costs_more_than_the_ci_and_seed_spread():
-    t = table({"none": (0.95, 0.95, 0.7, 0.70), "groupnorm": (0.94, 0.90, 0.8, 0.85)})
-    text = remedies.conclusion(t, "groupnorm", {"none": (0.94, 0.96)})
+def planted(seed_accuracies: dict[tuple[str, int], float], n: int = 400) -> tuple[list, dict]:
+    """Records and predictions of remedy runs whose test accuracy is planted: each run gets
+    the first ``accuracy * n`` of ``n`` test images right (so two runs share their errors)."""
+    y = np.arange(n) % 8
+    records, preds = [], {}
+    for (remedy, seed), acc in seed_accuracies.items():
+        pred = y.copy()
+        wrong = np.arange(n) >= round(acc * n)
+        pred[wrong] = (y[wrong] + 1) % 8
+        probs = np.eye(8)[pred]
+        variant = f"{remedy}_s{seed}"
+        records.append({"remedy": remedy, "seed": seed, "variant": variant})
+        preds[variant] = {"test_probs": probs, "test_y": y, "val_probs": probs, "val_y": y}
+    return records, preds
+
+
+def differences_text(accs: dict, shift_gain: float = 0.15) -> str:
+    records, preds = planted(accs)
+    diffs = remedies.in_domain_differences(records, preds, n_bootstrap=2000)
+    base = np.mean([a for (m, _), a in accs.items() if m == "none"])
+    mine = np.mean([a for (m, _), a in accs.items() if m == "groupnorm"])
+    seeds = len({s for _, s in accs})
+    t = table({"none": (0.95, base, 0.7, 0.70), "groupnorm": (0.94, mine, 0.8, 0.70 + shift_gain)})
+    t["seeds"] = seeds
+    return remedies.conclusion(t, "groupnorm", diffs, remedies.baseline_ci(records, preds, 500))
+
+
+def test_in_domain_differences_pair_each_seed_with_the_baseline():
+    records, preds = planted(
+        {("none", 1): 0.95, ("none", 2): 0.93, ("groupnorm", 1): 0.90, ("groupnorm", 2): 0.90}
+    )
+    d = remedies.in_domain_differences(records, preds, n_bootstrap=2000).loc["groupnorm"]
+    assert d["difference"] == pytest.approx(-0.04)  # mean of -0.05 and -0.03
+    assert d["sd over seeds"] == pytest.approx(np.std([-0.05, -0.03], ddof=1))
+    assert d["ci low"] < d["difference"] < d["ci high"] < 0  # errors nested: a tight CI
+    records, preds = planted({("none", 1): 0.95, ("groupnorm", 2): 0.90})
+    with pytest.raises(ValueError, match="shares no seed"):
+        remedies.in_domain_differences(records, preds)
+
+
+def test_the_conclusion_calls_a_difference_real_only_beyond_the_ci_and_the_seed_spread():
+    # one seed, 5 points worse: outside the paired CI, but the seed spread is unmeasured
+    text = differences_text({("none", 1): 0.95, ("groupnorm", 1): 0.90})
     assert "**groupnorm**: 85.00% under shift (+15.00 points" in text
-    assert "costs 5.00 points in-domain, more than the test CI's half-width (1.00)" in text
-    assert "seed-to-seed spread is not measured" in text
-    t = table({"none": (0.95, 0.95, 0.7, 0.70), "groupnorm": (0.94, 0.945, 0.8, 0.85)}, sd=0.01)
-    text = remedies.conclusion(t, "groupnorm", {"none": (0.94, 0.96)})
-    assert "changes in-domain accuracy by -0.50 points, within the seed spread (1.00)" in text
+    assert "costs 5.00 points in-domain; its paired 95% CI" in text
+    assert "with one seed the seed-to-seed spread is not measured, so it is not called real" in (
+        text
+    )
+    assert "seed-to-seed spread is not measured here" in text
+    # three seeds, 5 points worse at each: outside the CI and beyond the spread
+    accs = {("none", s): 0.95 for s in (1, 2, 3)} | {
+        ("groupnorm", s): a for s, a in ((1, 0.90), (2, 0.89), (3, 0.91))
+    }
+    text = differences_text(accs)
+    assert "costs 5.00 points in-domain, a real difference" in text
     assert "not measured" not in text
+    # three seeds whose differences swing more than the mean difference: not real
+    accs = {("none", s): 0.95 for s in (1, 2, 3)} | {
+        ("groupnorm", s): a for s, a in ((1, 0.90), (2, 0.975), (3, 0.935))
+    }
+    assert "is within the seed spread" in differences_text(accs)
+    # half a point on 400 images: inside the paired CI
+    text = differences_text({("none", 1): 0.95, ("groupnorm", 1): 0.945})
+    assert "changes in-domain accuracy by -0.50 points, within test sampling" in text

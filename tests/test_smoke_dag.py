@@ -334,5 +334,16 @@ def test_remedies_report_shows_each_remedy_beside_the_baseline(smoke_dag):
             else f"<li><strong>{remedy}</strong>: {pct(under)} under shift"
         )
         assert said in html
+    # each remedy's in-domain difference from the baseline, on the same test images
+    differences = metrics["test_accuracy_difference_from_baseline"]
+    assert list(differences) == [m for m in remedies if m != "none"]
+    for remedy, d in differences.items():
+        own = (
+            metrics["remedies"][remedy]["test accuracy"]
+            - metrics["remedies"]["none"]["test accuracy"]
+        )
+        assert d["difference"] == pytest.approx(own, abs=1e-4)
+        assert d["ci low"] <= d["difference"] <= d["ci high"]
+        assert "paired 95% CI" in html
     assert f"<strong>{metrics['chosen_on_validation']}</strong>" in html
     assert html.count("data:image/png;base64") >= 1  # the heatmap

@@ -11,8 +11,8 @@ from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
 from bloodcells.calibration import apply_temperature, fit_temperature, reliability_curve
-from bloodcells.compare import holm, mcnemar
 from bloodcells.evaluate import expected_calibration_error
+from bloodcells.statistics import holm, mcnemar, paired_difference
 
 
 def paired(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +34,34 @@ def test_mcnemar_matches_statsmodels_exact(table):
     assert (got_a, got_b) == (only_a, only_b)
     reference = sm_mcnemar([[both, only_a], [only_b, neither]], exact=True).pvalue
     assert p == pytest.approx(reference, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("table", [(4800, 40, 20, 263), (4000, 150, 90, 700), (3000, 30, 60, 500)])
+def test_paired_difference_matches_the_wald_interval_of_paired_proportions(table):
+    """On large paired samples the bootstrap CI meets the textbook interval of a difference
+    of paired proportions: (b - c) / n +- 1.96 sqrt(b + c - (b - c)^2 / n) / n."""
+    a, b = paired(*table)
+    n, only_a, only_b = len(a), table[1], table[2]
+    diff, lo, hi = paired_difference(a, b, n_bootstrap=20000, seed=1)
+    assert diff == pytest.approx((only_a - only_b) / n)
+    se = np.sqrt(only_a + only_b - (only_a - only_b) ** 2 / n) / n
+    assert lo == pytest.approx(diff - 1.96 * se, abs=0.12 * se)
+    assert hi == pytest.approx(diff + 1.96 * se, abs=0.12 * se)
+    # pairing matters: the unpaired interval of two accuracies this high is far wider
+    unpaired = np.sqrt(a.mean() * (1 - a.mean()) / n + b.mean() * (1 - b.mean()) / n)
+    assert hi - lo < 0.8 * 2 * 1.96 * unpaired
+
+
+def test_paired_difference_over_seeds_pairs_each_seed_and_checks_shapes():
+    a1, b1 = paired(80, 10, 0, 10)
+    a2, b2 = paired(80, 0, 10, 10)
+    diff, lo, hi = paired_difference(np.stack([a1, a2]), np.stack([b1, b2]), 2000)
+    assert diff == pytest.approx(0.0)  # +10 points at one seed, -10 at the other
+    assert lo <= 0 <= hi
+    same, lo, hi = paired_difference(a1, a1, 500)
+    assert (same, lo, hi) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="different shapes"):
+        paired_difference(a1, np.stack([b1, b2]))
 
 
 def test_mcnemar_by_hand():

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from bloodcells.paper import PAPER_LABEL, paper_accuracy
 from bloodcells.paths import CLASSES, project_root, resolve
 from bloodcells.report import chosen_on_validation, ci
+from bloodcells.statistics import holm, mcnemar
 
 FAMILY_ORDER = (
     "cnn",
@@ -78,26 +78,6 @@ def comparison_table(runs: list[dict]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).set_index("model").sort_values("test acc.", ascending=False)
-
-
-def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int, float]:
-    """Exact McNemar test on paired correctness: (a right/b wrong, a wrong/b right, p)."""
-    b = int(np.sum(correct_a & ~correct_b))
-    c = int(np.sum(~correct_a & correct_b))
-    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
-    return b, c, p
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (family-wise error control)."""
-    order = np.argsort(pvalues)
-    m = len(pvalues)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, (m - rank) * pvalues[i])
-        adjusted[i] = min(1.0, running)
-    return adjusted.tolist()
 
 
 def pairwise_mcnemar(runs: list[dict], top: int = 5, alpha: float = 0.05) -> pd.DataFrame:
