@@ -156,6 +156,12 @@ EDITS = [
         },
     ),
     (
+        "a study's report code: lib/bloodcells/remedy_report.py",
+        _append("lib/bloodcells/remedy_report.py"),
+        (),
+        {"report-robust"},  # not train-robust: DVC would delete and retrain every remedy
+    ),
+    (
         "plot code: lib/bloodcells/plots.py (preprocess rerun for real)",
         _append("lib/bloodcells/plots.py"),
         ("preprocess", "inputs"),

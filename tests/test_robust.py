@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bloodcells import remedies, robust, shift
+from bloodcells import remedies, remedy_report, robust, shift
 from bloodcells.preprocess import load_resized
 
 
@@ -173,9 +173,9 @@ def test_the_choice_is_the_most_robust_within_the_tolerance_on_validation():
             "stain_augmentation": (0.940, 0.96, 0.90, 0.60),  # more robust, 1 point worse
         }
     )
-    assert remedies.choose(t, 0.003) == "groupnorm"
-    assert remedies.choose(t, 0.02) == "stain_augmentation"
-    assert remedies.choose(t, 0.0) == "none"
+    assert remedy_report.choose(t, 0.003) == "groupnorm"
+    assert remedy_report.choose(t, 0.02) == "stain_augmentation"
+    assert remedy_report.choose(t, 0.0) == "none"
 
 
 def planted(seed_accuracies: dict[tuple[str, int], float], n: int = 400) -> tuple[list, dict]:
@@ -196,26 +196,28 @@ def planted(seed_accuracies: dict[tuple[str, int], float], n: int = 400) -> tupl
 
 def differences_text(accs: dict, shift_gain: float = 0.15) -> str:
     records, preds = planted(accs)
-    diffs = remedies.in_domain_differences(records, preds, n_bootstrap=2000)
+    diffs = remedy_report.in_domain_differences(records, preds, n_bootstrap=2000)
     base = np.mean([a for (m, _), a in accs.items() if m == "none"])
     mine = np.mean([a for (m, _), a in accs.items() if m == "groupnorm"])
     seeds = len({s for _, s in accs})
     t = table({"none": (0.95, base, 0.7, 0.70), "groupnorm": (0.94, mine, 0.8, 0.70 + shift_gain)})
     t["seeds"] = seeds
-    return remedies.conclusion(t, "groupnorm", diffs, remedies.baseline_ci(records, preds, 500))
+    return remedy_report.conclusion(
+        t, "groupnorm", diffs, remedy_report.baseline_ci(records, preds, 500)
+    )
 
 
 def test_in_domain_differences_pair_each_seed_with_the_baseline():
     records, preds = planted(
         {("none", 1): 0.95, ("none", 2): 0.93, ("groupnorm", 1): 0.90, ("groupnorm", 2): 0.90}
     )
-    d = remedies.in_domain_differences(records, preds, n_bootstrap=2000).loc["groupnorm"]
+    d = remedy_report.in_domain_differences(records, preds, n_bootstrap=2000).loc["groupnorm"]
     assert d["difference"] == pytest.approx(-0.04)  # mean of -0.05 and -0.03
     assert d["sd over seeds"] == pytest.approx(np.std([-0.05, -0.03], ddof=1))
     assert d["ci low"] < d["difference"] < d["ci high"] < 0  # errors nested: a tight CI
     records, preds = planted({("none", 1): 0.95, ("groupnorm", 2): 0.90})
     with pytest.raises(ValueError, match="shares no seed"):
-        remedies.in_domain_differences(records, preds)
+        remedy_report.in_domain_differences(records, preds)
 
 
 def test_the_conclusion_calls_a_difference_real_only_beyond_the_ci_and_the_seed_spread():

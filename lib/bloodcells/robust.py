@@ -18,7 +18,7 @@ Each run is a study run like any other (``models/robust/<remedy>_s<seed>/``: mod
 validation and test predictions, record; trained once per training key, resumable). Then
 every run is scored on a stratified subset of the validation split and of the test split,
 clean and under every shift of the benchmark (:mod:`bloodcells.shift`):
-``models/robust/shift.json``. Notebook 15 (:mod:`bloodcells.remedies`) chooses on the
+``models/robust/shift.json``. Notebook 15 (:mod:`bloodcells.remedy_report`) chooses on the
 validation rows and reports the test rows. The runs' training key covers this module and
 :mod:`bloodcells.stain`; the report code lives apart, so editing it retrains nothing.
 """
