@@ -344,6 +344,6 @@ def test_remedies_report_shows_each_remedy_beside_the_baseline(smoke_dag):
         )
         assert d["difference"] == pytest.approx(own, abs=1e-4)
         assert d["ci low"] <= d["difference"] <= d["ci high"]
-        assert "paired 95% CI" in html
+    assert "paired 95% CI" in html
     assert f"<strong>{metrics['chosen_on_validation']}</strong>" in html
     assert html.count("data:image/png;base64") >= 1  # the heatmap

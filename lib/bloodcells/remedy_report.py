@@ -178,6 +178,16 @@ def conclusion(
     return "\n".join(lines)
 
 
+def _rounded(frame: pd.DataFrame) -> dict:
+    """``{row: {column: value}}``, values rounded to 4 places ("seeds" an int), NaN left out."""
+    return {
+        name: {
+            k: int(v) if k == "seeds" else round(float(v), 4) for k, v in row.items() if pd.notna(v)
+        }
+        for name, row in frame.to_dict("index").items()
+    }
+
+
 def metrics(
     table: pd.DataFrame, chosen: str, shifts: pd.DataFrame, differences: pd.DataFrame
 ) -> dict:
@@ -186,24 +196,7 @@ def metrics(
     file)."""
     return {
         "chosen_on_validation": chosen,
-        "test_accuracy_difference_from_baseline": {
-            remedy: {
-                k: int(v) if k == "seeds" else round(float(v), 4)
-                for k, v in row.items()
-                if pd.notna(v)
-            }
-            for remedy, row in differences.to_dict("index").items()
-        },
-        "remedies": {
-            remedy: {
-                k: int(v) if k == "seeds" else round(float(v), 4)
-                for k, v in row.items()
-                if pd.notna(v)
-            }
-            for remedy, row in table.to_dict("index").items()
-        },
-        "test_accuracy_per_shift": {
-            remedy: {k: round(float(v), 4) for k, v in row.items()}
-            for remedy, row in shifts.to_dict("index").items()
-        },
+        "test_accuracy_difference_from_baseline": _rounded(differences),
+        "remedies": _rounded(table),
+        "test_accuracy_per_shift": _rounded(shifts),
     }
