@@ -244,3 +244,20 @@ def test_the_conclusion_calls_a_difference_real_only_beyond_the_ci_and_the_seed_
     # half a point on 400 images: inside the paired CI
     text = differences_text({("none", 1): 0.95, ("groupnorm", 1): 0.945})
     assert "changes in-domain accuracy by -0.50 points, within test sampling" in text
+
+
+def test_pruning_keeps_the_planned_runs_and_the_scores(tmp_path):
+    """``models/robust`` persists between runs of its stage: a run dropped from the section
+    is removed there and in ``dvclive/robust``, the planned runs and ``shift.json`` stay."""
+    for top in ("models", "dvclive"):
+        for run in ("none_s42", "groupnorm_s42", "groupnorm_s7"):
+            (tmp_path / top / "robust" / run).mkdir(parents=True)
+            (tmp_path / top / "robust" / run / "run.json").write_text("{}")
+    (tmp_path / "models/robust/shift.json").write_text("{}")
+    removed = robust.prune_runs(tmp_path, {"none_s42", "groupnorm_s42"})
+    assert removed == ["groupnorm_s7"]
+    for top in ("models", "dvclive"):
+        left = sorted(p.name for p in (tmp_path / top / "robust").iterdir())
+        assert [p for p in left if p != "shift.json"] == ["groupnorm_s42", "none_s42"]
+    assert (tmp_path / "models/robust/shift.json").is_file()
+    assert robust.prune_runs(tmp_path / "elsewhere", {"none_s42"}) == []  # nothing trained yet

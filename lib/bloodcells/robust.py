@@ -21,11 +21,16 @@ clean and under every shift of the benchmark (:mod:`bloodcells.shift`):
 ``models/robust/shift.json``. Notebook 15 (:mod:`bloodcells.remedy_report`) chooses on the
 validation rows and reports the test rows. The runs' training key covers this module and
 :mod:`bloodcells.stain`; the report code lives apart, so editing it retrains nothing.
+``models/robust`` is a persistent output (``dvc.yaml``): DVC keeps it when the stage
+reruns, so every run whose training key is unchanged is reused (a changed setting of one
+remedy retrains that remedy alone) and :func:`prune_runs` removes the runs no longer
+planned.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -130,7 +135,22 @@ def train_remedies(params: dict, root: Path | None = None, verbose: int = 2) -> 
             records.append(
                 ensure_run(SECTION_KEY, run_name(remedy, seed), cfg, train, root, verbose, **extra)
             )
+    prune_runs(root, {r["variant"] for r in records})
     return records
+
+
+def prune_runs(root: Path, keep: set[str]) -> list[str]:
+    """Remove the run folders of ``models/robust/`` and ``dvclive/robust/`` that are not in
+    ``keep`` (a remedy or seed dropped from the section): the stage's outputs persist
+    between runs, and hold exactly the planned runs. Returns the names removed."""
+    removed = set()
+    for top in ("models", "dvclive"):
+        folder = resolve(Path(top) / SECTION_KEY, root)
+        for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if child.is_dir() and child.name not in keep:
+                shutil.rmtree(child)
+                removed.add(child.name)
+    return sorted(removed)
 
 
 def shift_scores(params: dict, records: list[dict], root: Path | None = None) -> pd.DataFrame:
