@@ -111,6 +111,35 @@ def test_groupnorm_copy_replaces_every_batchnorm_and_is_batch_independent(cells)
     )
 
 
+def test_the_combined_remedy_normalises_then_jitters_in_training_only(cells):
+    """``normalisation_augmentation``: Reinhard normalisation, then the stain jitter; in
+    inference its front gives exactly the normalisation alone, in training more."""
+    import keras
+    from keras import ops
+
+    from bloodcells.config import load_params
+    from bloodcells.experiment import study_config
+    from tests.conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml", profile="smoke")
+    section = params["robust_training"]
+    cfg = study_config(params, "robust_training")
+    both = robust.remedy_model("normalisation_augmentation", cfg, section, cells)
+    alone = robust.remedy_model("stain_normalisation", cfg, section, cells)
+    kinds = [type(layer).__name__ for layer in both.layers[1:-1]]
+    assert kinds == ["StainNormalisation", "RandomStainColour"]
+
+    def front(model, training):
+        x = ops.convert_to_tensor(cells.astype("float32"))
+        for layer in model.layers[1:-1]:
+            x = layer(x, training=training) if "Random" in type(layer).__name__ else layer(x)
+        return ops.convert_to_numpy(x)
+
+    np.testing.assert_allclose(front(both, False), front(alone, False), atol=1e-4)
+    assert np.abs(front(both, True) - front(alone, False)).mean() > 2.0
+    assert isinstance(both.layers[-1], keras.Model)  # the recipe's model behind the front
+
+
 GOOD = {
     "family": "cnn",
     "image_size": 64,

@@ -12,7 +12,13 @@ from bloodcells.config import ParamsError
 SECTION = "robust_training"
 #: the folder the runs live in: models/robust/
 SECTION_KEY = "robust"
-REMEDIES = ("none", "stain_augmentation", "groupnorm", "stain_normalisation")
+REMEDIES = (
+    "none",
+    "stain_augmentation",
+    "groupnorm",
+    "stain_normalisation",
+    "normalisation_augmentation",
+)
 SETTINGS = {
     "family": str,
     "image_size": int,

@@ -12,7 +12,9 @@ the remedy alone:
   to go stale on another lab's; trained at ``groupnorm_learning_rate`` (at the recipe's
   Adam 1e-3 it fell to chance on validation);
 * ``stain_normalisation``: :class:`bloodcells.stain.StainNormalisation` (Reinhard) at the
-  input, to the training split's L*a*b* statistics, in training and inference.
+  input, to the training split's L*a*b* statistics, in training and inference;
+* ``normalisation_augmentation``: both, the jitter after the normalisation (in training
+  only), so the model learns on normalised colours and on variation around them.
 
 Each run is a study run like any other (``models/robust/<remedy>_s<seed>/``: model,
 validation and test predictions, record; trained once per training key, resumable). Then
@@ -39,6 +41,10 @@ import pandas as pd
 
 from bloodcells.paths import project_root, resolve
 from bloodcells.remedies import SECTION, SECTION_KEY, check_params
+
+#: the remedies with Reinhard normalisation at the input, and those with the stain jitter
+NORMALISED = ("stain_normalisation", "normalisation_augmentation")
+AUGMENTED = ("stain_augmentation", "normalisation_augmentation")
 
 
 def groupnorm_copy(model, groups: int):
@@ -83,11 +89,12 @@ def remedy_model(remedy: str, cfg, section: dict, x_train: np.ndarray):
     if remedy == "groupnorm":
         return groupnorm_copy(base, section["groupnorm_groups"])
     inputs = keras.Input(base.input_shape[1:], name="pixels")
-    if remedy == "stain_augmentation":
-        front = RandomStainColour(section["augmentation_strength"], cfg.seed, name="stain_jitter")
-    else:
-        front = StainNormalisation(lab_statistics(x_train), name="stain_normalisation")
-    return keras.Model(inputs, base(front(inputs)), name=f"{cfg.family}_{remedy}")
+    x = inputs
+    if remedy in NORMALISED:
+        x = StainNormalisation(lab_statistics(x_train), name="stain_normalisation")(x)
+    if remedy in AUGMENTED:  # after the normalisation: the jitter survives it
+        x = RandomStainColour(section["augmentation_strength"], cfg.seed, name="stain_jitter")(x)
+    return keras.Model(inputs, base(x), name=f"{cfg.family}_{remedy}")
 
 
 def remedy_overrides(remedy: str, section: dict) -> dict:
@@ -128,7 +135,7 @@ def train_remedies(params: dict, root: Path | None = None, verbose: int = 2) -> 
                 return result, {"remedy": remedy}
 
             extra = {"remedy": remedy, "code": code}
-            if remedy == "stain_augmentation":
+            if remedy in AUGMENTED:
                 extra["strength"] = section["augmentation_strength"]
             if remedy == "groupnorm":
                 extra["groups"] = section["groupnorm_groups"]
