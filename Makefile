@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-done
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser repro estimate test lint format smoke lab bench bench-avx2 lock clean-notebooks
+.PHONY: help setup browser repro estimate test test-paper lint format smoke lab bench bench-avx2 lock clean-notebooks
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -50,8 +50,11 @@ format: setup ## ruff format and fix, strip notebook outputs
 test: lint browser ## lint, then the whole test suite (unit tests, smoke DAG, browser test)
 	$(BIN)/python -m pytest
 
+test-paper: setup ## every stage of the paper profile on the sample at 128/224 px (about 12 min)
+	$(BIN)/python -m pytest -m paper -v
+
 smoke: setup ## only the end-to-end smoke run of the DAG on the sample
-	$(BIN)/python -m pytest -m e2e -v
+	$(BIN)/python -m pytest -m "e2e and not paper" -v
 
 bench: setup ## speed and memory: preprocessing, every family's training/inference, stage times (after dvc repro preprocess)
 	$(BIN)/python -m bloodcells.bench $(ARGS)

@@ -93,13 +93,19 @@ def test_metrics_are_readable_by_dvc(smoke_dag):
 
 @pytest.mark.parametrize(("key", "notebook"), FAMILY_REPORTS.items())
 def test_family_report_shows_its_measured_numbers(smoke_dag, key, notebook):
-    html = (smoke_dag / f"reports/{notebook}.html").read_text()
+    assert_family_report(smoke_dag, key, notebook)
+
+
+def assert_family_report(project: Path, key: str, notebook: str) -> None:
+    """The family's report in ``project`` renders and shows, for every variant it trained,
+    the test accuracy that the run's saved predictions give, beside the paper's number."""
+    html = (project / f"reports/{notebook}.html").read_text()
     assert "Traceback" not in html
-    metrics = json.loads((smoke_dag / f"metrics/{key}.json").read_text())
+    metrics = json.loads((project / f"metrics/{key}.json").read_text())
     variants = [v for v in metrics if v.startswith(key) and isinstance(metrics[v], dict)]
     assert variants, metrics.keys()
     for variant in variants:
-        run = smoke_dag / f"models/{key}/{variant}"
+        run = project / f"models/{key}/{variant}"
         record = json.loads((run / "run.json").read_text())
         preds = np.load(run / "predictions.npz")
         accuracy = float((preds["test_probs"].argmax(axis=1) == preds["test_y"]).mean())
