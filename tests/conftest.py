@@ -249,7 +249,7 @@ def smoke_copy(
 def run_readme(work: Path, blocks: list[Block]) -> None:
     """Run every runnable block of ``blocks`` in ``work``, in order, each in a fresh
     ``bash -e`` with :func:`newcomer_env`; stop at the first that fails. Writes the
-    blocks' times, exit statuses and output tails to ``reports/readme_run.json``."""
+    blocks' times, exit statuses and output (head and tail) to ``reports/readme_run.json``."""
     env = newcomer_env()
     for block in blocks:
         if block.why_not_run:
@@ -279,7 +279,9 @@ def run_readme(work: Path, blocks: list[Block]) -> None:
             "first_line": b.code.splitlines()[0],
             "seconds": round(b.seconds, 1),
             "returncode": b.returncode,
-            "output_tail": b.output[-4000:],  # e.g. the sharing blocks' dvc status and repro
+            # the sharing blocks' dvc pull, status and repro come first, a wide table last
+            "output_head": b.output[:3000],
+            "output_tail": b.output[3000:][-3000:],
         }
         for b in blocks
         if b.returncode is not None
