@@ -511,3 +511,26 @@ def test_the_adapt_command_errors_name_the_problem(exported, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "matches none of the eight PBC classes" in err and "neutrophil" in err
     assert not (tmp_path / "a.keras").exists()
+
+
+def test_inference_batches_by_pixels_and_predicts_the_same_whatever_the_batch(exported):
+    from bloodcells.inference import batch_size_for, predict_proba
+
+    path, _, _ = exported
+    model, _ = export.load_exported(path)
+    x = np.asarray(experiment.load_splits(32, path.parent)["train"][0])
+    # 256 images at 64 px per batch: 20 at 224 px (DenseNet-201 at 224 px stacked 256
+    # images into one call and needed more than 24 GB), never more than 256, never 0
+    assert [batch_size_for(np.empty((1, s, s, 3))) for s in (32, 64, 96, 224, 4096)] == [
+        256, 256, 113, 20, 1
+    ]  # fmt: skip
+    calls = []
+
+    def counting(batch, training):
+        calls.append(len(batch))
+        return model(batch, training=training)
+
+    whole, _ = predict_proba(model, x)
+    split, _ = predict_proba(counting, x, batch_size=7)
+    assert calls == [7] * (len(x) // 7) + ([len(x) % 7] if len(x) % 7 else [])
+    np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-6)  # same order, same values

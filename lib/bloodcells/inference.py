@@ -18,11 +18,25 @@ def feed(model, batch: np.ndarray):
     return [batch] if isinstance(getattr(model, "input", None), list) else batch
 
 
-def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, float]:
+#: pixels per inference batch: 256 images at 64 px. Activations grow with the batch's pixels,
+#: so a fixed image count that is cheap at 32 px needs tens of GB at 224 px (DenseNet-201).
+BATCH_PIXELS = 256 * 64 * 64
+
+
+def batch_size_for(x: np.ndarray, pixels: int = BATCH_PIXELS, most: int = 256) -> int:
+    """Images per inference batch for images shaped like ``x`` (N, H, W, C): ``pixels`` per
+    batch, at least 1 and at most ``most`` images."""
+    height, width = x.shape[1:3]
+    return max(1, min(most, pixels // (int(height) * int(width))))
+
+
+def predict_proba(model, x: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, float]:
     """Class probabilities for uint8 images (N, H, W, 3), and inference throughput in
-    images/s; ``x`` may be memory-mapped (read ``batch_size`` images at a time)."""
+    images/s; ``x`` may be memory-mapped (read ``batch_size`` images at a time, by default
+    :func:`batch_size_for` the images' size)."""
     import tensorflow as tf
 
+    batch_size = batch_size or batch_size_for(x)
     t0 = time.perf_counter()
     probs = []
     for start in range(0, len(x), batch_size):
