@@ -77,9 +77,15 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     assert grown.train == round(700 * estimate.SMOTE_GROWTH) > 700  # SMOTE grows the split
     assert {r.stage for r in runs} == {
         "cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2",
-        "cross-validation", "shuffling", "train-robust", "inceptionv3", "xception", "hybrid",
-        "supcon",
+        "cross-validation", "shuffling", "train-robust", "train-seeds", "inceptionv3",
+        "xception", "hybrid", "supcon",
     }  # fmt: skip
+    # the seed spread: each seeded family's other seeds, not its own run again
+    seeded = [(r.key, r.what) for r in runs if r.stage == "train-seeds"]
+    assert seeded == [("cnn", "cnn seed 43"), ("unet", "unet seed 43")]
+    assert [r.epochs for r in runs if r.stage == "train-seeds"] == [
+        params["models"]["cnn"]["epochs"], params["models"]["unet"]["epochs"]
+    ]  # fmt: skip
     robust = params["robust_training"]
     remedies = [r for r in runs if r.stage == "train-robust"]
     assert len(remedies) == len(robust["remedies"]) * len(robust["seeds"])

@@ -60,6 +60,8 @@ def test_every_stage_ran_and_left_its_outputs(smoke_dag):
         "models/robust/shift.json",
         "reports/15_robust_training.html",
         "metrics/robust_training.json",
+        "models/seed_spread/plan.json",
+        "models/seed_spread/cnn_s43/predictions.npz",
         "dvc.lock",
     ):
         assert (smoke_dag / out).is_file(), out
@@ -185,6 +187,37 @@ def test_champion_is_chosen_on_validation_and_reported(smoke_dag):
     assert f"{100 * champ['test_accuracy']:.2f}% test accuracy" in report
     index = (smoke_dag / "reports/index.html").read_text()
     assert f"Champion: {champ['name']}" in index
+
+
+def test_comparison_shows_the_seed_spread_and_calls_real_only_what_exceeds_it(smoke_dag):
+    summary = json.loads((smoke_dag / "metrics/summary.json").read_text())
+    seeded = summary["seed_spread"]["families"]
+    section = load_params(smoke_dag / "params.yaml")["seed_spread"]
+    assert list(seeded) and set(seeded) == set(section["runs"])
+    plan = json.loads((smoke_dag / "models/seed_spread/plan.json").read_text())["runs"]
+    assert {(r["key"], r["variant"]) for r in plan if r["seed"] == 42} == {
+        (f, f) for f in section["runs"]
+    }  # the smoke families' own seed: their own runs, not trained twice
+    report = (smoke_dag / "reports/12_comparison.html").read_text()
+    assert "Are the differences beyond the seed spread?" in report and "Traceback" not in report
+    for family, entry in seeded.items():
+        assert entry["seeds"] == section["seeds"]
+        accs = []
+        for run in plan:  # the family's own run (seed 42: models/<family>) or the study's
+            if run["family"] == family:
+                preds = np.load(
+                    smoke_dag / "models" / run["key"] / run["variant"] / "predictions.npz"
+                )
+                accs.append(100 * (preds["test_probs"].argmax(1) == preds["test_y"]).mean())
+        assert len(accs) == len(section["seeds"])
+        assert entry["test_accuracy_mean"] == pytest.approx(np.mean(accs), abs=0.005)
+        assert entry["test_accuracy_sd"] == pytest.approx(np.std(accs, ddof=1), abs=0.005)
+        sentence = f"{family} {entry['test_accuracy_mean']:.2f}% ± {entry['test_accuracy_sd']:.2f}"
+        assert sentence in report
+    # a leader pair is real only when both models were seeded (never on significance alone)
+    for a, b in summary["seed_spread"]["real_leader_pairs"]:
+        assert [a, b] in summary["significant_pairs"]
+        assert {a, b} <= set(seeded)
 
 
 def test_index_page_in_a_real_browser(smoke_dag):

@@ -20,7 +20,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bloodcells.config import load_params
@@ -154,6 +154,18 @@ def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]
             runs.append(
                 Run("train-robust", f"remedy {remedy} seed {seed}", rb["family"], over,
                     rb["epochs"], n_train, n_val)
+            )  # fmt: skip
+    from bloodcells.seeds import SECTION_KEY, plan
+
+    for run in plan(params):  # the seed spread: only the runs that are not a family's own
+        if run["key"] == SECTION_KEY:
+            (family_run,) = _family_runs(params["models"], run["family"], n_train, n_val)
+            epochs = params["seed_spread"]["epochs"] or family_run.epochs
+            runs.append(
+                replace(
+                    family_run, stage="train-seeds", what=f"{run['family']} seed {run['seed']}",
+                    epochs=epochs,
+                )
             )  # fmt: skip
     return runs
 

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells import remedies, shift
+from bloodcells import remedies, seeds, shift
 from bloodcells.config import ParamsError, load_params
 from bloodcells.paths import manifest_path, processed_dir, project_root
 
@@ -72,6 +72,13 @@ def stage_params(params: dict) -> dict[str, dict]:
             "models": {family: recipe},
             study: params[study],
         }
+    section = seeds.check_params(params.get(seeds.SECTION), params["models"])
+    out[seeds.SECTION] = {  # each seeded family's whole entry: its recipe is the study's
+        "preprocess": split,
+        "train": params["train"],
+        "models": {family: params["models"][family] for family in section["runs"]},
+        seeds.SECTION: section,
+    }
     return out
 
 
@@ -85,13 +92,15 @@ OVERRIDDEN = ("epochs", "image_size", "conv_widths")
 
 def trainers(params: dict) -> list[str]:
     """Every training stage's key: the families, then the studies."""
-    return [*params["models"], *STUDIES]
+    return [*params["models"], *STUDIES, seeds.SECTION]
 
 
 def sizes_used(params: dict, key: str) -> list[int]:
     """Every cached image size the training stage ``key`` (a family or a study) reads."""
     if key in STUDIES:
         return [int(params[key]["image_size"])]
+    if key == seeds.SECTION:
+        return sorted({s for family in params[key]["runs"] for s in sizes_used(params, family)})
     entry = params["models"][key]
     size = entry.get("image_size") or params["train"].get("image_size")
     return [int(size)] if size else []
@@ -135,6 +144,8 @@ def stage_inputs(params: dict, root: Path) -> dict[str, dict]:
 
 def where(params: dict, key: str) -> str:
     """The params key that sets a trainer's image size, for error messages."""
+    if key == seeds.SECTION:
+        return f"a family of '{key}.runs' (its models entry)"
     return f"{key}.image_size" if key in STUDIES else f"models.{key}"
 
 

@@ -1,0 +1,202 @@
+"""The seed spread's report (notebook 12): each seeded family's scores per seed, their mean
+and sd, and which differences between models are real.
+
+A difference is called **real** only when it exceeds both
+
+* the test-sampling uncertainty: the paired bootstrap 95% CI of the accuracy difference
+  (the test images resampled, each seed of A paired with the same seed of B) excludes 0, and
+* the seed-to-seed spread: the mean difference over seeds is more than twice the sd of the
+  per-seed differences (a new pair of seeds would most likely keep its sign).
+
+A pair with a model that was not retrained under other seeds has no measured seed spread
+and is never called real. The runs are the ones :mod:`bloodcells.seeds` planned
+(``models/seed_spread/plan.json``): training lives there, so editing this file retrains
+nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bloodcells.experiment import held_out_scores, load_predictions, read_run
+from bloodcells.paths import project_root, resolve
+from bloodcells.statistics import paired_difference
+
+#: the per-seed differences' sd a mean difference must exceed this many times
+SEED_SD_FACTOR = 2.0
+
+
+def read_plan(root: Path | None = None) -> list[dict]:
+    """The planned runs (``models/seed_spread/plan.json``), each with where it lives."""
+    path = resolve(Path("models") / "seed_spread" / "plan.json", root or project_root())
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the seed spread has not been trained. Run "
+            "`dvc repro train-seeds` (or `python -m bloodcells.seeds`)."
+        )
+    return json.loads(path.read_text())["runs"]
+
+
+def seed_runs(root: Path | None = None) -> pd.DataFrame:
+    """One row per planned run: family, seed, where it was trained, epochs, validation and
+    test accuracy, test macro-F1; ``correct`` holds its per-image test correctness."""
+    root = root or project_root()
+    rows = []
+    for run in read_plan(root):
+        record = read_run(run["key"], run["variant"], root)
+        preds = load_predictions(run["key"], run["variant"], root)
+        scores = held_out_scores(preds["test_y"], preds["test_probs"])
+        rows.append(
+            {
+                "family": run["family"],
+                "seed": run["seed"],
+                "trained by": f"train@{run['family']}"
+                if run["key"] == run["family"]
+                else "train-seeds",
+                "epochs": record["epochs"],
+                "val accuracy": record["val_accuracy"],
+                "test accuracy": scores["accuracy"],
+                "test macro-F1": scores["macro_f1"],
+                "test_y": preds["test_y"],
+                "correct": preds["test_probs"].argmax(axis=1) == preds["test_y"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per family: seeds, epochs, and mean ± sd (over seeds) of validation accuracy, test
+    accuracy and test macro-F1, in percent; ordered by validation mean."""
+    out = []
+    for family, group in runs.groupby("family", sort=False):
+        row = {
+            "family": family,
+            "seeds": ", ".join(str(s) for s in group["seed"]),
+            "epochs": ", ".join(sorted({str(e) for e in group["epochs"]})),
+        }
+        for col in ("val accuracy", "test accuracy", "test macro-F1"):
+            values = 100 * group[col].to_numpy()
+            row[f"{col} mean"] = round(float(values.mean()), 2)
+            row[f"{col} sd"] = round(float(values.std(ddof=1)), 2)
+        row["test accuracy range"] = (
+            f"{100 * group['test accuracy'].min():.2f}–{100 * group['test accuracy'].max():.2f}"
+        )
+        out.append(row)
+    table = pd.DataFrame(out).set_index("family")
+    return table.sort_values("val accuracy mean", ascending=False)
+
+
+def pair_verdicts(runs: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Every pair of seeded families (A the better on mean validation accuracy): the test
+    accuracy difference A - B (mean over paired seeds), its paired bootstrap 95% CI, the sd
+    of the per-seed differences, and whether the difference is real (module docstring)."""
+    families = list(seed_table(runs).index)
+    by_family = {f: runs[runs["family"] == f].sort_values("seed") for f in families}
+    rows = []
+    for a, b in itertools.combinations(families, 2):
+        ga, gb = by_family[a], by_family[b]
+        shared = sorted(set(ga["seed"]) & set(gb["seed"]))
+        ga, gb = ga[ga["seed"].isin(shared)], gb[gb["seed"].isin(shared)]
+        ya, yb = np.stack(ga["test_y"].to_list()), np.stack(gb["test_y"].to_list())
+        if not np.array_equal(ya, yb):
+            raise ValueError(f"{a} and {b} were scored on different test images.")
+        ca, cb = np.stack(ga["correct"].to_list()), np.stack(gb["correct"].to_list())
+        diff, lo, hi = paired_difference(ca, cb, n_bootstrap, seed)
+        per_seed = ca.mean(axis=1) - cb.mean(axis=1)
+        sd = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
+        beyond_ci = lo > 0 or hi < 0
+        beyond_seeds = bool(abs(diff) > SEED_SD_FACTOR * sd) if sd == sd else False
+        rows.append(
+            {
+                "model A": a,
+                "model B": b,
+                "seeds": len(shared),
+                "A - B (points)": round(100 * diff, 2),
+                "95% CI": f"{100 * lo:+.2f} to {100 * hi:+.2f}",
+                "sd over seeds (points)": round(100 * sd, 2),
+                "beyond the CI": beyond_ci,
+                "beyond the seed spread": beyond_seeds,
+                "real": beyond_ci and beyond_seeds,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def mark_pairs(tests: pd.DataFrame, verdicts: pd.DataFrame, family_of: dict) -> pd.DataFrame:
+    """The McNemar table of the comparison with its seed verdict: a significant pair is
+    real only when both models were seeded and their difference exceeds the seed spread;
+    ``family_of`` maps a variant to its family."""
+    marked = tests.copy()
+    if not len(marked):
+        return marked.assign(**{"seed spread": [], "real": []})
+    lookup = {}
+    for _, v in verdicts.iterrows():
+        lookup[(v["model A"], v["model B"])] = lookup[(v["model B"], v["model A"])] = v
+    spread, real = [], []
+    for _, t in marked.iterrows():
+        v = lookup.get((family_of.get(t["model A"]), family_of.get(t["model B"])))
+        if v is None:
+            spread.append("not measured")
+            real.append(False)
+        else:
+            spread.append("exceeded" if v["beyond the seed spread"] else "within")
+            real.append(bool(t["significant"]) and bool(v["beyond the seed spread"]))
+    return marked.assign(**{"seed spread": spread, "real": real})
+
+
+def conclusion(table: pd.DataFrame, verdicts: pd.DataFrame, marked: pd.DataFrame) -> str:
+    """What the seed spread says, in sentences computed from the tables."""
+    parts = []
+    for family, row in table.iterrows():
+        parts.append(
+            f"{family} {row['test accuracy mean']:.2f}% ± {row['test accuracy sd']:.2f} "
+            f"({row['seeds'].count(',') + 1} seeds, range {row['test accuracy range']})"
+        )
+    text = "Test accuracy over seeds (mean ± sd): " + "; ".join(parts) + "."
+    if len(verdicts):
+        real = verdicts[verdicts["real"]]
+        text += (
+            f" Of {len(verdicts)} pair(s) of seeded families, {len(real)} differ beyond both "
+            "the bootstrap CI and the seed spread"
+            + (": " + ", ".join(f"{r['model A']} > {r['model B']}" for _, r in real.iterrows()))
+            * bool(len(real))
+            + "."
+        )
+    if len(marked):
+        unmeasured = int((marked["seed spread"] == "not measured").sum())
+        text += (
+            f" Of the {len(marked)} McNemar pairs above, {int(marked['significant'].sum())} are "
+            f"significant and {int(marked['real'].sum())} real; {unmeasured} involve a model "
+            "not retrained under other seeds here, so none of those is called real."
+        )
+    return text
+
+
+def summary_entry(table: pd.DataFrame, verdicts: pd.DataFrame, marked: pd.DataFrame) -> dict:
+    """The seed spread's part of ``metrics/summary.json``: per family the test accuracy's
+    mean and sd over seeds, and the pairs called real."""
+    return {
+        "families": {
+            family: {
+                "seeds": [int(s) for s in row["seeds"].split(", ")],
+                "test_accuracy_mean": row["test accuracy mean"],
+                "test_accuracy_sd": row["test accuracy sd"],
+            }
+            for family, row in table.iterrows()
+        },
+        "real_pairs": [
+            [r["model A"], r["model B"]] for _, r in verdicts[verdicts["real"]].iterrows()
+        ]
+        if len(verdicts)
+        else [],
+        "real_leader_pairs": [
+            [r["model A"], r["model B"]] for _, r in marked[marked["real"]].iterrows()
+        ]
+        if len(marked)
+        else [],
+    }

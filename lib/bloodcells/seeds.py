@@ -1,0 +1,178 @@
+"""The seed spread (stage ``train-seeds``; issue 16, part 3): headline models retrained with
+other seeds, so a difference between two models is called real only when it exceeds both
+the test-sampling CI and the seed-to-seed spread.
+
+The ``seed_spread`` params section names the families (``runs``: ``models.<key>`` entries
+with one optimizer) and the ``seeds``. Each family trains its own recipe under each seed;
+``epochs`` (when set) trains every run of the study for that many epochs instead, and the
+reports say so. A run whose config is the family's own (the family's seed, its epochs) *is*
+the family's run of ``train@<key>`` (``models/<key>/<key>``): it is read from there, not
+trained twice. The others live in ``models/seed_spread/<key>_s<seed>/`` (model, validation
+and test predictions, record; trained once per training key, resumable), and
+``models/seed_spread/plan.json`` lists where every planned run is. ``models/seed_spread``
+persists when the stage reruns (``dvc.yaml``), so a run whose training key is unchanged is
+reused and :func:`prune_runs` removes the runs no longer planned.
+
+The report side (the seed table, the verdicts) is :mod:`bloodcells.seed_report`, apart, so
+editing it retrains nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bloodcells.config import ParamsError
+from bloodcells.paths import project_root, resolve, write_json
+
+SECTION = "seed_spread"
+#: the folder the study's own runs live in: models/seed_spread/
+SECTION_KEY = "seed_spread"
+#: models entries with a training path of their own: not seeded by this study (yet)
+OWN_RECIPES = ("hybrid", "supcon")
+
+
+def check_params(section: dict | None, models: dict) -> dict:
+    """The ``seed_spread`` section, checked; errors name the key and what to do."""
+    if not isinstance(section, dict):
+        raise ParamsError(f"Params key '{SECTION}' must be a mapping; got {section!r}.")
+    for key in ("runs", "seeds", "epochs"):
+        if key not in section:
+            raise ParamsError(f"Missing params key '{SECTION}.{key}' in params.yaml.")
+    runs = section["runs"]
+    if not isinstance(runs, list) or len(set(runs)) != len(runs):
+        raise ParamsError(
+            f"Params key '{SECTION}.runs' must be a list of distinct 'models' entries; "
+            f"got {runs!r}."
+        )
+    for name in runs:
+        if name not in models:
+            raise ParamsError(
+                f"Params key '{SECTION}.runs' has {name!r}; it must name a 'models' entry "
+                f"({', '.join(models)})."
+            )
+        if name in OWN_RECIPES:
+            raise ParamsError(
+                f"Params key '{SECTION}.runs' has {name!r}, which trains by a recipe of its "
+                f"own; this study seeds the plain families only ({', '.join(OWN_RECIPES)} "
+                "excluded). Remove it."
+            )
+        optimizers = models[name].get("optimizers") or ["adam"]
+        if len(optimizers) != 1:
+            raise ParamsError(
+                f"Params key '{SECTION}.runs' has {name!r}, whose 'models.{name}.optimizers' "
+                f"lists {len(optimizers)} optimizers; seed a family with one."
+            )
+    seeds = section["seeds"]
+    if (
+        not isinstance(seeds, list)
+        or len(seeds) < 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ParamsError(
+            f"Params key '{SECTION}.seeds' must list two or more distinct integers >= 0 "
+            f"(three or more for a spread worth reading); got {seeds!r}."
+        )
+    epochs = section["epochs"]
+    if epochs is not None and (
+        not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1
+    ):
+        raise ParamsError(
+            f"Params key '{SECTION}.epochs' must be null (each family's own) or an integer "
+            f">= 1; got {epochs!r}."
+        )
+    return section
+
+
+def prune_runs(key: str, keep: set[str], root: Path) -> list[str]:
+    """Remove the run folders of ``models/<key>/`` and ``dvclive/<key>/`` that are not in
+    ``keep`` (a family or seed dropped from the section): a persistent output holds exactly
+    the planned runs. Returns the names removed."""
+    import shutil
+
+    removed = set()
+    for top in ("models", "dvclive"):
+        folder = resolve(Path(top) / key, root)
+        for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if child.is_dir() and child.name not in keep:
+                shutil.rmtree(child)
+                removed.add(child.name)
+    return sorted(removed)
+
+
+def run_name(family: str, seed: int) -> str:
+    return f"{family}_s{seed}"
+
+
+def plan(params: dict) -> list[dict]:
+    """Every run of the study: ``{"family", "seed", "key", "variant"}``, where
+    ``models/<key>/<variant>/`` holds it: the family's own run of ``train@<family>`` when the
+    seed and epochs are the family's, else a run of this study."""
+    from bloodcells.train import family_config
+
+    section = params[SECTION]
+    out = []
+    for family in section["runs"]:
+        own = family_config(params, family)
+        for seed in section["seeds"]:
+            reused = seed == own.seed and section["epochs"] in (None, own.epochs)
+            key, variant = (family, family) if reused else (SECTION_KEY, run_name(family, seed))
+            out.append({"family": family, "seed": seed, "key": key, "variant": variant})
+    return out
+
+
+def train_seeds(params: dict, root: Path | None = None, verbose: int = 2) -> list[dict]:
+    """Train every planned run of this study that is not a family's own run (unless trained
+    under the same key); write ``models/seed_spread/plan.json``. Returns the plan."""
+    from bloodcells.experiment import ensure_run
+    from bloodcells.train import family_config, train_model
+
+    root = root or project_root()
+    section = params[SECTION]
+    planned = plan(params)
+    for run in planned:
+        if run["key"] != SECTION_KEY:
+            continue
+        overrides = {"seed": run["seed"]}
+        if section["epochs"] is not None:
+            overrides["epochs"] = section["epochs"]
+        cfg = family_config(params, run["family"], **overrides)
+
+        def train(dirs: dict, data: dict, cfg=cfg):
+            (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+            result = train_model(
+                cfg, x_tr, y_tr, x_val, y_val, dirs["work"], dirs["live"], verbose=verbose
+            )
+            return result, {}
+
+        ensure_run(SECTION_KEY, run["variant"], cfg, train, root, verbose)
+    own = {r["variant"] for r in planned if r["key"] == SECTION_KEY}
+    prune_runs(SECTION_KEY, own, root)
+    write_json(resolve(Path("models") / SECTION_KEY / "plan.json", root), {"runs": planned})
+    return planned
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from bloodcells.config import load_params
+    from bloodcells.timing import record_stage_time
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    params = load_params()
+    check_params(params.get(SECTION), params["models"])
+    t0 = time.perf_counter()
+    planned = train_seeds(params)
+    record_stage_time(f"train-{SECTION_KEY}", time.perf_counter() - t0)
+    trained = sum(r["key"] == SECTION_KEY for r in planned)
+    print(
+        f"train-seeds: {len(planned)} runs ({trained} in models/{SECTION_KEY}/, the rest the "
+        f"families' own) in {(time.perf_counter() - t0) / 60:.1f} min"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

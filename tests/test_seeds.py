@@ -1,0 +1,169 @@
+"""The seed spread (issue 16, part 3): training the planned seeds on the sample, reusing a
+family's own run, and the verdicts of the report on planted predictions."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bloodcells import experiment, seed_report, seeds
+from bloodcells.config import ParamsError, load_params
+from tests.conftest import ROOT, mini_project
+
+
+@pytest.fixture(scope="module")
+def smoke_params():
+    return load_params(ROOT / "params.yaml", profile="smoke")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"runs": ["hybrid"]}, r"'seed_spread.runs' has 'hybrid', which trains by a recipe"),
+        ({"runs": ["resnet50"]}, r"'models.resnet50.optimizers' lists 2 optimizers"),
+        ({"runs": ["lenet"]}, r"'seed_spread.runs' has 'lenet'; it must name a 'models' entry"),
+        ({"seeds": [42]}, r"'seed_spread.seeds' must list two or more distinct integers"),
+        ({"seeds": [42, 42]}, r"'seed_spread.seeds' must list two or more distinct integers"),
+        ({"epochs": 0}, r"'seed_spread.epochs' must be null"),
+    ],
+)
+def test_bad_sections_name_the_key(change, message):
+    params = load_params(ROOT / "params.yaml", profile="cpu")
+    section = {**params["seed_spread"], **change}
+    with pytest.raises(ParamsError, match=message):
+        seeds.check_params(section, params["models"])
+
+
+def test_a_familys_own_seed_is_its_run_unless_the_epochs_differ(smoke_params):
+    params = copy.deepcopy(smoke_params)
+    params["seed_spread"] = {"runs": ["cnn"], "seeds": [42, 7], "epochs": None}
+    assert [(r["key"], r["variant"]) for r in seeds.plan(params)] == [
+        ("cnn", "cnn"),
+        ("seed_spread", "cnn_s7"),
+    ]
+    params["seed_spread"]["epochs"] = 1  # the CNN's smoke recipe trains 2 epochs
+    assert [(r["key"], r["variant"]) for r in seeds.plan(params)] == [
+        ("seed_spread", "cnn_s42"),
+        ("seed_spread", "cnn_s7"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def seeded(built, sample_dir, tmp_path_factory, smoke_params):
+    """The smoke CNN trained by its stage (seed 42), then the seed study over seeds 42, 43."""
+    root = mini_project(tmp_path_factory.mktemp("seeds"), built[0], sample_dir)
+    params = copy.deepcopy(smoke_params)
+    params["models"]["cnn"]["epochs"] = 1
+    params["seed_spread"] = {"runs": ["cnn"], "seeds": [42, 43], "epochs": None}
+    experiment.train_stage(params, "cnn", root, verbose=0)
+    planned = seeds.train_seeds(params, root, verbose=0)
+    return root, params, planned
+
+
+def test_the_study_trains_the_other_seeds_and_reuses_the_familys_run(seeded):
+    root, params, planned = seeded
+    assert json.loads((root / "models/seed_spread/plan.json").read_text())["runs"] == planned
+    assert sorted(p.name for p in (root / "models/seed_spread").iterdir()) == [
+        "cnn_s43",
+        "plan.json",
+    ]  # seed 42 is models/cnn/cnn, not trained twice
+    own = experiment.read_run("cnn", "cnn", root)
+    other = experiment.read_run("seed_spread", "cnn_s43", root)
+    assert (own["seed"], other["seed"]) == (42, 43)
+    assert own["config"] == {**other["config"], "seed": 42}  # the seed alone differs
+    p42 = experiment.load_predictions("cnn", "cnn", root)["val_probs"]
+    p43 = experiment.load_predictions("seed_spread", "cnn_s43", root)["val_probs"]
+    assert not np.allclose(p42, p43)  # another seed, another model
+
+
+def test_a_rerun_reuses_the_runs_and_a_dropped_seed_is_pruned(seeded):
+    root, params, _ = seeded
+    model = root / "models/seed_spread/cnn_s43/model.keras"
+    before = model.stat().st_mtime_ns
+    seeds.train_seeds(params, root, verbose=0)
+    assert model.stat().st_mtime_ns == before  # same training key: not retrained
+    (root / "dvclive/seed_spread/cnn_s9").mkdir(parents=True)  # a seed since dropped
+    seeds.prune_runs("seed_spread", {"cnn_s43"}, root)
+    assert sorted(p.name for p in (root / "dvclive/seed_spread").iterdir()) == ["cnn_s43"]
+
+
+def test_the_report_reads_every_planned_run(seeded):
+    root, _, _ = seeded
+    runs = seed_report.seed_runs(root)
+    assert list(runs["seed"]) == [42, 43]
+    assert list(runs["trained by"]) == ["train@cnn", "train-seeds"]
+    y = experiment.load_predictions("cnn", "cnn", root)["test_y"]
+    probs = experiment.load_predictions("seed_spread", "cnn_s43", root)["test_probs"]
+    assert runs["test accuracy"].iloc[1] == pytest.approx((probs.argmax(1) == y).mean())
+    table = seed_report.seed_table(runs)
+    acc = 100 * runs["test accuracy"].to_numpy()
+    assert table.loc["cnn", "test accuracy mean"] == pytest.approx(acc.mean(), abs=0.005)
+    assert table.loc["cnn", "test accuracy sd"] == pytest.approx(acc.std(ddof=1), abs=0.005)
+
+
+def planted(per_seed_accuracy: dict[str, list[float]], n: int = 2000) -> pd.DataFrame:
+    """Seed runs whose test correctness has the given accuracy per seed (seeds 1, 2, 3...),
+    every model right on a nested prefix of shuffled images (so pairs are paired)."""
+    rng = np.random.default_rng(0)
+    order = rng.permutation(n)
+    rows = []
+    for family, accs in per_seed_accuracy.items():
+        for seed, acc in enumerate(accs, start=1):
+            correct = np.zeros(n, bool)
+            correct[order[: round(acc * n)]] = True
+            rows.append(
+                {
+                    "family": family,
+                    "seed": seed,
+                    "epochs": 1,
+                    "val accuracy": acc,
+                    "test accuracy": acc,
+                    "test macro-F1": acc,
+                    "test_y": np.zeros(n, int),
+                    "correct": correct,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_a_difference_is_real_only_beyond_both_the_ci_and_the_seed_spread():
+    runs = planted(
+        {
+            "steady": [0.95, 0.951, 0.949],  # 5 points above "low" on every seed
+            "low": [0.90, 0.899, 0.901],
+            "noisy": [0.96, 0.89, 0.92],  # above "low" on average, below it on one seed
+        }
+    )
+    verdicts = seed_report.pair_verdicts(runs, n_bootstrap=300).set_index(["model A", "model B"])
+    steady_low = verdicts.loc[("steady", "low")]
+    assert steady_low["beyond the CI"] and steady_low["beyond the seed spread"]
+    assert steady_low["real"]
+    assert steady_low["A - B (points)"] == pytest.approx(5.0, abs=0.01)
+    noisy_low = verdicts.loc[("noisy", "low")]
+    assert noisy_low["beyond the CI"]  # 2,000 images: a 2.3-point mean difference is clear
+    assert not noisy_low["beyond the seed spread"] and not noisy_low["real"]
+    # the per-seed differences' sd: 6, -0.9 and 1.9 points
+    assert noisy_low["sd over seeds (points)"] == pytest.approx(
+        np.std([6.0, -0.9, 1.9], ddof=1), abs=0.01
+    )
+
+
+def test_a_significant_leader_pair_without_a_seed_spread_is_not_real():
+    runs = planted({"cnn": [0.95, 0.951, 0.949], "unet": [0.90, 0.899, 0.901]})
+    verdicts = seed_report.pair_verdicts(runs, n_bootstrap=300)
+    tests = pd.DataFrame(
+        [
+            {"model A": "cnn", "model B": "unet", "significant": True},
+            {"model A": "cnn", "model B": "vgg16", "significant": True},
+            {"model A": "unet", "model B": "cnn", "significant": False},
+        ]
+    )
+    marked = seed_report.mark_pairs(tests, verdicts, {"cnn": "cnn", "unet": "unet"})
+    assert list(marked["seed spread"]) == ["exceeded", "not measured", "exceeded"]
+    assert list(marked["real"]) == [True, False, False]
+    text = seed_report.conclusion(seed_report.seed_table(runs), verdicts, marked)
+    assert "cnn 95.00% ± 0.10" in text and "1 real" in text
