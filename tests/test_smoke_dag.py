@@ -218,6 +218,12 @@ def test_comparison_shows_the_seed_spread_and_calls_real_only_what_exceeds_it(sm
     for a, b in summary["seed_spread"]["real_leader_pairs"]:
         assert [a, b] in summary["significant_pairs"]
         assert {a, b} <= set(seeded)
+    index = (smoke_dag / "reports/index.html").read_text()
+    for family, entry in seeded.items():  # the index's table: the spread beside the run
+        row = index[index.index(f"<tr><td>{family}</td>") :].split("</tr>")[0]
+        over = f"{entry['test_accuracy_mean']:.2f}% ± {entry['test_accuracy_sd']:.2f}"
+        assert f"<td>{over} ({len(entry['seeds'])} seeds)</td>" in row
+    assert "<td>one seed</td>" in index  # the families not retrained under other seeds
 
 
 def test_index_page_in_a_real_browser(smoke_dag):

@@ -77,15 +77,25 @@ def build_index(root: Path | None = None) -> Path:
                 f"{100 * cci[0]:.2f}–{100 * cci[1]:.2f}), macro-F1 "
                 f"{100 * champ['macro_f1']:.2f}%, {champ_ips} images/s.</p>"
             )
+        seeded = (summary.get("seed_spread") or {}).get("families", {})
         parts.append(
-            "<table><tr><th>model</th><th>test accuracy</th><th>95% CI</th><th>macro-F1</th>"
+            "<table><tr><th>model</th><th>test accuracy</th><th>95% CI</th>"
+            "<th>over seeds (mean ± sd)</th><th>macro-F1</th>"
             "<th>image size</th><th>epochs</th><th>weights</th><th>train min</th></tr>"
         )
         for m in summary["models"]:
             timing = read_timings(f"train-{m['key']}", root).get(m["model"], {})
+            spread = seeded.get(m["model"]) if m["model"] == m["key"] else None
+            over_seeds = (
+                f"{spread['test_accuracy_mean']:.2f}% ± {spread['test_accuracy_sd']:.2f} "
+                f"({len(spread['seeds'])} seeds)"
+                if spread
+                else "one seed"
+            )
             parts.append(
                 f"<tr><td>{html.escape(m['model'])}</td><td>{100 * m['test_accuracy']:.2f}%</td>"
                 f"<td>[{100 * m['ci95'][0]:.2f}, {100 * m['ci95'][1]:.2f}]</td>"
+                f"<td>{over_seeds}</td>"
                 f"<td>{100 * m['macro_f1']:.2f}%</td><td>{m['image_size']} px</td>"
                 f"<td>{m['epochs']}</td><td>{html.escape(str(m['weights']))}</td>"
                 f"<td>{timing.get('train_minutes', 'n/a')}</td></tr>"
