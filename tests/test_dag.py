@@ -180,7 +180,20 @@ EDITS = [
         "one family's key: models.cnn.epochs (active)",
         _edit_yaml(_smoke("models", "cnn", "epochs", value=3)),
         (),
-        {"train@cnn", "report@cnn"},  # the studies set their own epochs
+        # the studies set their own epochs; the seed spread retrains the CNN's own recipe
+        {"train@cnn", "report@cnn", "train-seeds"},
+    ),
+    (
+        "the seed spread's seeds: seed_spread.seeds (active)",
+        _edit_yaml(_smoke("seed_spread", "seeds", value=[42, 43, 44])),
+        (),
+        {"train-seeds"},  # the persistent runs of seeds 42 and 43 are reused, not retrained
+    ),
+    (
+        "the seed spread's report code: lib/bloodcells/seed_report.py",
+        _append("lib/bloodcells/seed_report.py"),
+        (),
+        {"compare"},  # not train-seeds
     ),
     (
         "a study's setting: shuffling.epochs (active)",
