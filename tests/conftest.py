@@ -175,7 +175,7 @@ PAPER_ON_SAMPLE = {
     "evaluate": {"n_bootstrap": 200},
     "cross_validation": {"folds": 2, "epochs": 1},
     "shuffling": {"seeds": [1, 2], "epochs": 1},
-    "seed_spread": {"runs": ["cnn"], "seeds": [42, 43]},
+    "seed_spread": {"runs": ["cnn"], "seeds": [42, 43], "epochs": None},
     "robust_training": {
         "epochs": 1,
         "val_images": 16,
