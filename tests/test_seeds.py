@@ -119,6 +119,7 @@ def planted(per_seed_accuracy: dict[str, list[float]], n: int = 2000) -> pd.Data
                 {
                     "family": family,
                     "seed": seed,
+                    "trained by": f"train@{family}" if seed == 1 else "train-seeds",
                     "epochs": 1,
                     "val accuracy": acc,
                     "test accuracy": acc,
@@ -167,3 +168,36 @@ def test_a_significant_leader_pair_without_a_seed_spread_is_not_real():
     assert list(marked["real"]) == [True, False, False]
     text = seed_report.conclusion(seed_report.seed_table(runs), verdicts, marked)
     assert "cnn 95.00% ± 0.10" in text and "1 real" in text
+
+
+def test_seed_runs_at_other_epochs_are_called_a_stand_in(tmp_path):
+    from bloodcells import site
+
+    runs = planted({"cnn": [0.95, 0.951, 0.949], "unet": [0.90, 0.899, 0.901]})
+    runs["trained by"] = ["train-seeds"] * 3 + ["train@unet", "train-seeds", "train-seeds"]
+    table = seed_report.seed_table(runs)
+    assert not table.loc["cnn", "the compared run's config"]
+    assert table.loc["unet", "the compared run's config"]  # its own run is one of them
+    verdicts = seed_report.pair_verdicts(runs, n_bootstrap=100)
+    marked = seed_report.mark_pairs(pd.DataFrame(), verdicts, {})
+    text = seed_report.conclusion(table, verdicts, marked)
+    assert "cnn 95.00% ± 0.10 (3 seeds at 1 epoch(s), a stand-in for the run compared" in text
+    assert "unet 90.00% ± 0.10 (3 seeds at 1 epoch(s), range" in text
+    # the index puts the stand-in's spread beside the model only with its epochs named
+    entry = seed_report.summary_entry(table, verdicts, marked)
+    models = [
+        {"model": m, "key": m, "test_accuracy": 0.9, "ci95": [0.8, 1.0], "macro_f1": 0.9,
+         "image_size": 32, "epochs": 8, "weights": "none"}
+        for m in ("cnn", "unet", "vgg16")
+    ]  # fmt: skip
+    summary = {
+        "best_model": "cnn", "best_test_accuracy": 0.9, "best_test_accuracy_ci95": [0.8, 1.0],
+        "best_macro_f1": 0.9, "models": models, "seed_spread": entry, "profile": "cpu",
+        "data_hash": "x",
+    }  # fmt: skip
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/summary.json").write_text(json.dumps(summary))
+    index = site.build_index(tmp_path).read_text()
+    assert "<td>95.00% ± 0.10 (3 seeds, 1-epoch runs)</td>" in index
+    assert "<td>90.00% ± 0.10 (3 seeds)</td>" in index and "<td>one seed</td>" in index

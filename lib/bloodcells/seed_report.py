@@ -78,6 +78,9 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
             "family": family,
             "seeds": ", ".join(str(s) for s in group["seed"]),
             "epochs": ", ".join(sorted({str(e) for e in group["epochs"]})),
+            # whether these runs are the compared run's config (its own run among them), or
+            # a cheaper stand-in (``seed_spread.epochs`` set): the reports say which
+            "the compared run's config": bool((group["trained by"] != "train-seeds").any()),
         }
         for col in ("val accuracy", "test accuracy", "test macro-F1"):
             values = 100 * group[col].to_numpy()
@@ -153,9 +156,11 @@ def conclusion(table: pd.DataFrame, verdicts: pd.DataFrame, marked: pd.DataFrame
     """What the seed spread says, in sentences computed from the tables."""
     parts = []
     for family, row in table.iterrows():
+        stand_in = "" if row["the compared run's config"] else ", a stand-in for the run compared"
         parts.append(
             f"{family} {row['test accuracy mean']:.2f}% ± {row['test accuracy sd']:.2f} "
-            f"({row['seeds'].count(',') + 1} seeds, range {row['test accuracy range']})"
+            f"({row['seeds'].count(',') + 1} seeds at {row['epochs']} epoch(s){stand_in}, "
+            f"range {row['test accuracy range']})"
         )
     text = "Test accuracy over seeds (mean ± sd): " + "; ".join(parts) + "."
     if len(verdicts):
@@ -186,6 +191,8 @@ def summary_entry(table: pd.DataFrame, verdicts: pd.DataFrame, marked: pd.DataFr
                 "seeds": [int(s) for s in row["seeds"].split(", ")],
                 "test_accuracy_mean": row["test accuracy mean"],
                 "test_accuracy_sd": row["test accuracy sd"],
+                "epochs": row["epochs"],
+                "compared_runs_config": row["the compared run's config"],
             }
             for family, row in table.iterrows()
         },
