@@ -167,6 +167,22 @@ def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]
                     epochs=epochs,
                 )
             )  # fmt: skip
+    from bloodcells import matched
+
+    cm = params[matched.SECTION]  # every family under one protocol: its overrides are the study's
+    for family in cm["families"]:
+        over = (
+            *sorted(cm["recipe"].items()),
+            ("image_size", cm["image_size"]),
+            ("weights", "none"),
+            ("frozen_fraction", 0.0),
+        )
+        smote = cm["recipe"]["balance"] == "smote"
+        for seed in cm["seeds"]:
+            runs.append(
+                Run(matched.STAGE, f"{family} seed {seed}", family, over, cm["epochs"],
+                    round(n_train * SMOTE_GROWTH) if smote else n_train, n_val)
+            )  # fmt: skip
     return runs
 
 

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells import remedies, seeds, shift
+from bloodcells import matched, remedies, seeds, shift
 from bloodcells.config import ParamsError, load_params
 from bloodcells.paths import manifest_path, processed_dir, project_root
 
@@ -47,6 +47,7 @@ def stage_params(params: dict) -> dict[str, dict]:
             "profile": params["profile"],
             "evaluate": params["evaluate"],
             "champion": params["champion"],
+            matched.SECTION: params[matched.SECTION],
         },
         "generalisation": {
             "profile": params["profile"],
@@ -79,6 +80,15 @@ def stage_params(params: dict) -> dict[str, dict]:
         "models": {family: params["models"][family] for family in section["runs"]},
         seeds.SECTION: section,
     }
+    section = matched.check_params(
+        params.get(matched.SECTION), params["models"], params["preprocess"]["image_sizes"]
+    )
+    out[matched.SECTION] = {  # each family's architecture keys only: the recipe is the study's
+        "preprocess": split,
+        "train": {k: params["train"][k] for k in RUN_SETTINGS},
+        "models": {f: matched.family_entry(params["models"], f) for f in section["families"]},
+        matched.SECTION: section,
+    }
     return out
 
 
@@ -88,11 +98,13 @@ def stage_params(params: dict) -> dict[str, dict]:
 STUDIES = ("cross_validation", "shuffling", "robust_training")
 #: a family's keys that a study sets itself: editing them in ``models`` leaves it alone
 OVERRIDDEN = ("epochs", "image_size", "conv_widths")
+#: the ``train`` keys the compute-matched study reads (its recipe sets the rest)
+RUN_SETTINGS = ("deterministic", "graph_optimizer", "run_eagerly")
 
 
 def trainers(params: dict) -> list[str]:
     """Every training stage's key: the families, then the studies."""
-    return [*params["models"], *STUDIES, seeds.SECTION]
+    return [*params["models"], *STUDIES, seeds.SECTION, matched.SECTION]
 
 
 def sizes_used(params: dict, key: str) -> list[int]:
@@ -101,6 +113,8 @@ def sizes_used(params: dict, key: str) -> list[int]:
         return [int(params[key]["image_size"])]
     if key == seeds.SECTION:
         return sorted({s for family in params[key]["runs"] for s in sizes_used(params, family)})
+    if key == matched.SECTION:
+        return [int(params[key]["image_size"])] if params[key]["families"] else []
     entry = params["models"][key]
     size = entry.get("image_size") or params["train"].get("image_size")
     return [int(size)] if size else []
@@ -146,6 +160,8 @@ def where(params: dict, key: str) -> str:
     """The params key that sets a trainer's image size, for error messages."""
     if key == seeds.SECTION:
         return f"a family of '{key}.runs' (its models entry)"
+    if key == matched.SECTION:
+        return f"'{key}.image_size'"
     return f"{key}.image_size" if key in STUDIES else f"models.{key}"
 
 

@@ -31,23 +31,28 @@ from bloodcells.statistics import paired_difference
 SEED_SD_FACTOR = 2.0
 
 
-def read_plan(root: Path | None = None) -> list[dict]:
-    """The planned runs (``models/seed_spread/plan.json``), each with where it lives."""
-    path = resolve(Path("models") / "seed_spread" / "plan.json", root or project_root())
+def read_plan(
+    root: Path | None = None, study: str = "seed_spread", stage: str = "train-seeds"
+) -> list[dict]:
+    """The planned runs of a seeded study (``models/<study>/plan.json``: this one's, or the
+    compute-matched comparison's), each with where it lives."""
+    path = resolve(Path("models") / study / "plan.json", root or project_root())
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} is missing: the seed spread has not been trained. Run "
-            "`dvc repro train-seeds` (or `python -m bloodcells.seeds`)."
+            f"{path} is missing: the study '{study}' has not been trained. Run `dvc repro {stage}`."
         )
     return json.loads(path.read_text())["runs"]
 
 
-def seed_runs(root: Path | None = None) -> pd.DataFrame:
-    """One row per planned run: family, seed, where it was trained, epochs, validation and
-    test accuracy, test macro-F1; ``correct`` holds its per-image test correctness."""
+def seed_runs(
+    root: Path | None = None, study: str = "seed_spread", stage: str = "train-seeds"
+) -> pd.DataFrame:
+    """One row per planned run of ``study``: family, seed, the stage that trained it,
+    epochs, validation and test accuracy, test macro-F1; ``correct`` holds its per-image
+    test correctness."""
     root = root or project_root()
     rows = []
-    for run in read_plan(root):
+    for run in read_plan(root, study, stage):
         record = read_run(run["key"], run["variant"], root)
         preds = load_predictions(run["key"], run["variant"], root)
         scores = held_out_scores(preds["test_y"], preds["test_probs"])
@@ -55,9 +60,7 @@ def seed_runs(root: Path | None = None) -> pd.DataFrame:
             {
                 "family": run["family"],
                 "seed": run["seed"],
-                "trained by": f"train@{run['family']}"
-                if run["key"] == run["family"]
-                else "train-seeds",
+                "trained by": f"train@{run['family']}" if run["key"] == run["family"] else stage,
                 "epochs": record["epochs"],
                 "val accuracy": record["val_accuracy"],
                 "test accuracy": scores["accuracy"],
@@ -80,7 +83,9 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
             "epochs": ", ".join(sorted({str(e) for e in group["epochs"]})),
             # whether these runs are the compared run's config (its own run among them), or
             # a cheaper stand-in (``seed_spread.epochs`` set): the reports say which
-            "the compared run's config": bool((group["trained by"] != "train-seeds").any()),
+            "the compared run's config": bool(
+                (group["trained by"] == "train@" + str(family)).any()
+            ),
         }
         for col in ("val accuracy", "test accuracy", "test macro-F1"):
             values = 100 * group[col].to_numpy()
