@@ -158,17 +158,20 @@ RERUN_FIXTURES = {"smoke_rerun", "smoke_dag"}
 PAPER_FIXTURES = {"paper_dag"}
 
 #: the stages the ``paper`` run leaves out, and why: at 224 px the generalisation stage's
-#: benchmark (every model on 9 x 8 test images in one ``inference.predict_proba`` call each)
-#: took more than the machine's 24 GB and its kernel died; ``site`` reads its report
+#: benchmark (every model on 9 x 8 test images in one ``inference.predict_proba`` call each,
+#: before batches were sized by pixels) took more than the machine's 24 GB and its kernel
+#: died; not rerun since (it would add minutes to an 11.9-minute test); ``site`` reads its
+#: report
 PAPER_SKIPS = ("generalisation", "site")
 
 #: the ``paper`` profile (issue 15) cut to what proves its code paths on the sample: every
 #: family at the paper's own size (128 or 224 px), head, frozen part, optimizers, balance
 #: and preprocess_input, one epoch each and no ImageNet weights (nothing can be fetched
 #: here); the studies' counts at the smoke profile's; batches of 8 (at 224 px an eager
-#: DenseNet-201 step on 32 images peaks at 14 GB); 8 images for the shift benchmarks:
-#: ``inference.predict_proba`` stacks up to 256 images, and 9 x 16 shifted images at 224 px
-#: through DenseNet-201 took more than the machine's 24 GB (export, on the sample's ties)
+#: DenseNet-201 step on 32 images peaks at 14 GB); 8 images for the shift benchmarks: before
+#: ``inference.batch_size_for`` (batches sized by pixels: 20 images at 224 px) inference
+#: stacked up to 256 images, and 9 x 16 shifted images at 224 px through DenseNet-201 took
+#: more than the machine's 24 GB (export, on the sample's ties); kept small since
 PAPER_ON_SAMPLE = {
     "preprocess": {"n_folds": 2},
     "train": {"deterministic": True, "graph_optimizer": False, "run_eagerly": True},

@@ -78,7 +78,7 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     assert {r.stage for r in runs} == {
         "cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2",
         "cross-validation", "shuffling", "train-robust", "train-seeds", "inceptionv3",
-        "xception", "hybrid", "supcon",
+        "xception", "hybrid", "supcon", "train-matched",
     }  # fmt: skip
     # the seed spread: each seeded family's other seeds, not its own run again
     seeded = [(r.key, r.what) for r in runs if r.stage == "train-seeds"]

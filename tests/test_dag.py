@@ -196,6 +196,18 @@ EDITS = [
         {"compare"},  # not train-seeds
     ),
     (
+        "the compute-matched study's seeds: compute_matched.seeds (active)",
+        _edit_yaml(_smoke("compute_matched", "seeds", value=[42, 43, 44])),
+        (),
+        {"train-matched"},  # the persistent runs of seeds 42 and 43 are reused
+    ),
+    (
+        "the compute-matched report code: lib/bloodcells/matched_report.py",
+        _append("lib/bloodcells/matched_report.py"),
+        (),
+        {"compare"},  # not train-matched
+    ),
+    (
         "a study's setting: shuffling.epochs (active)",
         _edit_yaml(_smoke("shuffling", "epochs", value=2)),
         (),

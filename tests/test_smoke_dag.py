@@ -62,6 +62,9 @@ def test_every_stage_ran_and_left_its_outputs(smoke_dag):
         "metrics/robust_training.json",
         "models/seed_spread/plan.json",
         "models/seed_spread/cnn_s43/predictions.npz",
+        "models/compute_matched/plan.json",
+        "models/compute_matched/mobilenetv2_s43/predictions.npz",
+        "metrics/compute_matched.json",
         "dvc.lock",
     ):
         assert (smoke_dag / out).is_file(), out
@@ -224,6 +227,32 @@ def test_comparison_shows_the_seed_spread_and_calls_real_only_what_exceeds_it(sm
         over = f"{entry['test_accuracy_mean']:.2f}% ± {entry['test_accuracy_sd']:.2f}"
         assert f"<td>{over} ({len(entry['seeds'])} seeds)</td>" in row
     assert "<td>one seed</td>" in index  # the families not retrained under other seeds
+
+
+def test_comparison_ranks_the_families_on_one_protocol(smoke_dag):
+    body = json.loads((smoke_dag / "metrics/compute_matched.json").read_text())
+    section = load_params(smoke_dag / "params.yaml")["compute_matched"]
+    assert body["run"] and body["protocol"] == section
+    assert set(body["families"]) == set(section["families"])
+    report = (smoke_dag / "reports/12_comparison.html").read_text()
+    assert "The families on one protocol (compute-matched)" in report
+    assert "Traceback" not in report
+    for family, entry in body["families"].items():
+        accs = []
+        for seed in section["seeds"]:
+            run = smoke_dag / "models/compute_matched" / f"{family}_s{seed}"
+            preds = np.load(run / "predictions.npz")
+            accs.append(100 * (preds["test_probs"].argmax(1) == preds["test_y"]).mean())
+            record = json.loads((run / "run.json").read_text())
+            assert (record["image_size"], record["epochs"]) == (
+                section["image_size"],
+                section["epochs"],
+            )
+        assert entry["test_accuracy_mean"] == pytest.approx(np.mean(accs), abs=0.005)
+        assert entry["test_accuracy_sd"] == pytest.approx(np.std(accs, ddof=1), abs=0.005)
+        ranked = f"{entry['rank']}. {family} {entry['test_accuracy_mean']:.2f}% ± "
+        assert ranked + f"{entry['test_accuracy_sd']:.2f}" in report
+    assert sorted(e["rank"] for e in body["families"].values()) == [1, 2]
 
 
 def test_index_page_in_a_real_browser(smoke_dag):

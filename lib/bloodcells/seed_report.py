@@ -90,7 +90,8 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
         for col in ("val accuracy", "test accuracy", "test macro-F1"):
             values = 100 * group[col].to_numpy()
             row[f"{col} mean"] = round(float(values.mean()), 2)
-            row[f"{col} sd"] = round(float(values.std(ddof=1)), 2)
+            sd = float(values.std(ddof=1)) if len(values) > 1 else float("nan")  # one seed
+            row[f"{col} sd"] = round(sd, 2)
         row["test accuracy range"] = (
             f"{100 * group['test accuracy'].min():.2f}–{100 * group['test accuracy'].max():.2f}"
         )
