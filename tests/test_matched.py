@@ -200,8 +200,6 @@ def test_a_profile_without_the_study_points_to_the_one_that_runs_it():
 
 
 def test_the_curves_plot_one_line_per_run():
-    from bloodcells import plots
-
     curves = pd.DataFrame(
         {
             "family": ["a", "a", "a", "a", "b", "b"],
@@ -211,7 +209,7 @@ def test_the_curves_plot_one_line_per_run():
             "val accuracy": [80, 85, 79, 86, 70, 90],
         }
     )
-    fig = plots.accuracy_vs_minutes(curves)
+    fig = matched_report.accuracy_vs_minutes(curves)
     ax = fig.axes[0]
     assert len(ax.lines) == 3
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 
 from bloodcells.experiment import read_run
 from bloodcells.matched import SECTION, STAGE, TIMINGS
@@ -104,6 +106,31 @@ def curves(runs: pd.DataFrame) -> pd.DataFrame:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def accuracy_vs_minutes(curves: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Validation accuracy after each epoch against training minutes (:func:`curves`), one
+    line per run (colour: family; one line per seed). Here, not in :mod:`bloodcells.plots`,
+    which every report stage depends on."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    families = list(dict.fromkeys(curves["family"]))
+    palette = dict(zip(families, sns.color_palette("tab10", len(families)), strict=True))
+    for (family, seed), run in curves.groupby(["family", "seed"], sort=False):
+        first = seed == curves.loc[curves["family"] == family, "seed"].iloc[0]
+        ax.plot(
+            run["train minutes"],
+            run["val accuracy"],
+            marker="o",
+            color=palette[family],
+            label=family if first else None,
+        )
+    ax.set_xlabel("training minutes (this machine)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title or "Validation accuracy against training minutes")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
 def conclusion(table: pd.DataFrame, pairs: pd.DataFrame, section: dict) -> str:

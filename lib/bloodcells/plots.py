@@ -201,27 +201,3 @@ def shift_heatmap(table: pd.DataFrame, value: str = "accuracy") -> plt.Figure:
     ax.set_ylabel("")
     fig.tight_layout()
     return fig
-
-
-def accuracy_vs_minutes(curves: pd.DataFrame, title: str = "") -> plt.Figure:
-    """Validation accuracy after each epoch against training minutes, one line per run
-    (colour: family; one line per seed)."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    families = list(dict.fromkeys(curves["family"]))
-    palette = dict(zip(families, sns.color_palette("tab10", len(families)), strict=True))
-    for (family, seed), run in curves.groupby(["family", "seed"], sort=False):
-        first = seed == curves.loc[curves["family"] == family, "seed"].iloc[0]
-        ax.plot(
-            run["train minutes"],
-            run["val accuracy"],
-            marker="o",
-            color=palette[family],
-            label=family if first else None,
-        )
-    ax.set_xlabel("training minutes (this machine)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(title or "Validation accuracy against training minutes")
-    ax.legend(fontsize=8, ncol=2)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
