@@ -203,6 +203,7 @@ def train_matched(params: dict, root: Path | None = None, verbose: int = 2) -> l
 
         ensure_run(SECTION, run["variant"], cfg, train, root, verbose)
     prune_runs(SECTION, {r["variant"] for r in planned}, root)
+    resolve(Path("dvclive") / SECTION, root).mkdir(parents=True, exist_ok=True)  # a stage output
     write_json(resolve(Path("models") / SECTION / "plan.json", root), {"runs": planned})
     return planned
 
