@@ -50,8 +50,8 @@ def not_run_note(params: dict) -> str:
         f"Not run under profile `{params['profile']}`: `{SECTION}.families` is empty, so "
         "this report ranks no family on a matched protocol and claims nothing about one; "
         "the ranking above is each family's own recipe at its own share of the CPU. The "
-        "`overnight` profile runs the comparison (`profiles.overnight.compute_matched` in "
-        "`params.yaml`: all eight families, three seeds); run it with "
+        "`overnight` profile runs the comparison (its families and seeds: "
+        "`profiles.overnight.compute_matched` in `params.yaml`); run it with "
         "`dvc exp run -S profile=overnight`. The protocol it would use here: "
         f"{protocol(params[SECTION])}."
     )

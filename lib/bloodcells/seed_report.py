@@ -79,7 +79,7 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
     for family, group in runs.groupby("family", sort=False):
         row = {
             "family": family,
-            "seeds": ", ".join(str(s) for s in group["seed"]),
+            "seeds": [int(s) for s in group["seed"]],
             "epochs": ", ".join(sorted({str(e) for e in group["epochs"]})),
             # whether these runs are the compared run's config (its own run among them), or
             # a cheaper stand-in (``seed_spread.epochs`` set): the reports say which
@@ -165,7 +165,7 @@ def conclusion(table: pd.DataFrame, verdicts: pd.DataFrame, marked: pd.DataFrame
         stand_in = "" if row["the compared run's config"] else ", a stand-in for the run compared"
         parts.append(
             f"{family} {row['test accuracy mean']:.2f}% ± {row['test accuracy sd']:.2f} "
-            f"({row['seeds'].count(',') + 1} seeds at {row['epochs']} epoch(s){stand_in}, "
+            f"({len(row['seeds'])} seeds at {row['epochs']} epoch(s){stand_in}, "
             f"range {row['test accuracy range']})"
         )
     text = "Test accuracy over seeds (mean ± sd): " + "; ".join(parts) + "."
@@ -194,7 +194,7 @@ def summary_entry(table: pd.DataFrame, verdicts: pd.DataFrame, marked: pd.DataFr
     return {
         "families": {
             family: {
-                "seeds": [int(s) for s in row["seeds"].split(", ")],
+                "seeds": list(row["seeds"]),
                 "test_accuracy_mean": row["test accuracy mean"],
                 "test_accuracy_sd": row["test accuracy sd"],
                 "epochs": row["epochs"],
