@@ -199,7 +199,8 @@ EDITS = [
         "the compute-matched study's seeds: compute_matched.seeds (active)",
         _edit_yaml(_smoke("compute_matched", "seeds", value=[42, 43, 44])),
         (),
-        {"train-matched"},  # the persistent runs of seeds 42 and 43 are reused
+        # the persistent runs of seeds 42 and 43 are reused; the report reads the section
+        {"train-matched", "compare"},
     ),
     (
         "the compute-matched report code: lib/bloodcells/matched_report.py",
