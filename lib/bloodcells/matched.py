@@ -184,24 +184,14 @@ def plan(params: dict) -> list[dict]:
 def train_matched(params: dict, root: Path | None = None, verbose: int = 2) -> list[dict]:
     """Train every planned run (unless trained under the same key), prune the runs no
     longer planned, write ``models/compute_matched/plan.json``. Returns the plan."""
-    from bloodcells.experiment import ensure_run
-    from bloodcells.seeds import prune_runs
-    from bloodcells.train import train_model
+    from bloodcells.seeds import ensure_config_run, prune_runs
 
     root = root or project_root()
     section = params[SECTION]
     planned = plan(params)
     for run in planned:
         cfg = config(section, params["models"], run["family"], run["seed"], params["train"])
-
-        def train(dirs: dict, data: dict, cfg=cfg):
-            (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
-            result = train_model(
-                cfg, x_tr, y_tr, x_val, y_val, dirs["work"], dirs["live"], verbose=verbose
-            )
-            return result, {}
-
-        ensure_run(SECTION, run["variant"], cfg, train, root, verbose)
+        ensure_config_run(SECTION, run["variant"], cfg, root, verbose)
     prune_runs(SECTION, {r["variant"] for r in planned}, root)
     resolve(Path("dvclive") / SECTION, root).mkdir(parents=True, exist_ok=True)  # a stage output
     write_json(resolve(Path("models") / SECTION / "plan.json", root), {"runs": planned})

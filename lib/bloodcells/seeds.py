@@ -101,6 +101,23 @@ def prune_runs(key: str, keep: set[str], root: Path) -> list[str]:
     return sorted(removed)
 
 
+def ensure_config_run(key: str, variant: str, cfg, root: Path, verbose: int = 2) -> dict:
+    """The run ``models/<key>/<variant>/`` of ``cfg`` (a TrainConfig): trained on the
+    training split and selected on validation (:func:`bloodcells.experiment.ensure_run`),
+    unless trained under the same key. The seeded studies' one way to train a config."""
+    from bloodcells.experiment import ensure_run
+    from bloodcells.train import train_model
+
+    def train(dirs: dict, data: dict):
+        (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+        result = train_model(
+            cfg, x_tr, y_tr, x_val, y_val, dirs["work"], dirs["live"], verbose=verbose
+        )
+        return result, {}
+
+    return ensure_run(key, variant, cfg, train, root, verbose)
+
+
 def run_name(family: str, seed: int) -> str:
     return f"{family}_s{seed}"
 
@@ -125,8 +142,7 @@ def plan(params: dict) -> list[dict]:
 def train_seeds(params: dict, root: Path | None = None, verbose: int = 2) -> list[dict]:
     """Train every planned run of this study that is not a family's own run (unless trained
     under the same key); write ``models/seed_spread/plan.json``. Returns the plan."""
-    from bloodcells.experiment import ensure_run
-    from bloodcells.train import family_config, train_model
+    from bloodcells.train import family_config
 
     root = root or project_root()
     section = params[SECTION]
@@ -138,15 +154,7 @@ def train_seeds(params: dict, root: Path | None = None, verbose: int = 2) -> lis
         if section["epochs"] is not None:
             overrides["epochs"] = section["epochs"]
         cfg = family_config(params, run["family"], **overrides)
-
-        def train(dirs: dict, data: dict, cfg=cfg):
-            (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
-            result = train_model(
-                cfg, x_tr, y_tr, x_val, y_val, dirs["work"], dirs["live"], verbose=verbose
-            )
-            return result, {}
-
-        ensure_run(SECTION_KEY, run["variant"], cfg, train, root, verbose)
+        ensure_config_run(SECTION_KEY, run["variant"], cfg, root, verbose)
     own = {r["variant"] for r in planned if r["key"] == SECTION_KEY}
     prune_runs(SECTION_KEY, own, root)
     write_json(resolve(Path("models") / SECTION_KEY / "plan.json", root), {"runs": planned})
