@@ -50,7 +50,7 @@ format: setup ## ruff format and fix, strip notebook outputs
 test: lint browser ## lint, then the whole test suite (unit tests, smoke DAG, browser test)
 	$(BIN)/python -m pytest
 
-test-paper: setup ## every stage of the paper profile on the sample at 128/224 px (about 12 min)
+test-paper: setup ## every stage of the paper profile on the sample at 128/224 px (about 14 min)
 	$(BIN)/python -m pytest -m paper -v
 
 smoke: setup ## only the end-to-end smoke run of the DAG on the sample

@@ -157,13 +157,6 @@ RERUN_FIXTURES = {"smoke_rerun", "smoke_dag"}
 #: the fixture that needs the ``paper`` profile's run on the sample
 PAPER_FIXTURES = {"paper_dag"}
 
-#: the stages the ``paper`` run leaves out, and why: at 224 px the generalisation stage's
-#: benchmark (every model on 9 x 8 test images in one ``inference.predict_proba`` call each,
-#: before batches were sized by pixels) took more than the machine's 24 GB and its kernel
-#: died; not rerun since (it would add minutes to an 11.9-minute test); ``site`` reads its
-#: report
-PAPER_SKIPS = ("generalisation", "site")
-
 #: the ``paper`` profile (issue 15) cut to what proves its code paths on the sample: every
 #: family at the paper's own size (128 or 224 px), head, frozen part, optimizers, balance
 #: and preprocess_input, one epoch each and no ImageNet weights (nothing can be fetched
@@ -331,15 +324,7 @@ def smoke_in_background(request, tmp_path_factory):
         project = smoke_copy(
             tmp_path_factory.mktemp("paper") / "bloodcells", sample_dir, "paper", PAPER_ON_SAMPLE
         )
-        skip = set(PAPER_SKIPS)
-        stages = subprocess.run(
-            [str(ROOT / ".venv/bin/dvc"), "stage", "list", "--name-only"],
-            cwd=project,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        BACKGROUND["paper"] = background_repro(project, 10, *(s for s in stages if s not in skip))
+        BACKGROUND["paper"] = background_repro(project, 10)
     yield
     for name in ("rerun", "paper"):
         if name in BACKGROUND:

@@ -81,11 +81,31 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
         "xception", "hybrid", "supcon", "train-matched",
     }  # fmt: skip
     # the seed spread: each seeded family's other seeds, not its own run again
-    seeded = [(r.key, r.what) for r in runs if r.stage == "train-seeds"]
-    assert seeded == [("cnn", "cnn seed 43"), ("unet", "unet seed 43")]
-    assert [r.epochs for r in runs if r.stage == "train-seeds"] == [
-        params["models"]["cnn"]["epochs"], params["models"]["unet"]["epochs"]
-    ]  # fmt: skip
+    # (SupCon's: its pre-training on two views, its probe and its cross-entropy control)
+    seeded = [(r.key, r.what, r.epochs) for r in runs if r.stage == "train-seeds"]
+    sup = params["models"]["supcon"]
+    assert seeded == [
+        ("cnn", "cnn seed 43", params["models"]["cnn"]["epochs"]),
+        ("supcon", "supcon seed 43 (contrastive pre-training)", sup["epochs"]),
+        ("supcon", "supcon seed 43 (classifier probe)", sup["classifier_epochs"]),
+        ("supcon", "supcon seed 43 (cross-entropy control)", sup["epochs"]),
+    ]
+    assert [r.views for r in runs if r.stage == "train-seeds"] == [1, 2, 1, 1]
+    # a study's epochs replace the entry's own: the hybrid's joint phase, SupCon's pre-training
+    over = params | {"seed_spread": {"runs": ["hybrid", "supcon"], "seeds": [1, 2], "epochs": 3}}
+    seeded = [(r.what, r.epochs) for r in estimate.plan(over, 700, 170) if r.stage == "train-seeds"]
+    frozen = params["models"]["hybrid"]["frozen_epochs"]
+    assert seeded == [
+        (f"hybrid seed {seed} (joint + frozen phases)", 3 + frozen) for seed in (1, 2)
+    ] + [
+        (f"supcon seed {seed} ({part})", epochs)
+        for seed in (1, 2)
+        for part, epochs in [
+            ("contrastive pre-training", 3),
+            ("classifier probe", sup["classifier_epochs"]),
+            ("cross-entropy control", 3),
+        ]
+    ]
     robust = params["robust_training"]
     remedies = [r for r in runs if r.stage == "train-robust"]
     assert len(remedies) == len(robust["remedies"]) * len(robust["seeds"])

@@ -23,7 +23,6 @@ def smoke_params():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"runs": ["hybrid"]}, r"'seed_spread.runs' has 'hybrid', which trains by a recipe"),
         ({"runs": ["resnet50"]}, r"'models.resnet50.optimizers' lists 2 optimizers"),
         ({"runs": ["lenet"]}, r"'seed_spread.runs' has 'lenet'; it must name a 'models' entry"),
         ({"seeds": [42]}, r"'seed_spread.seeds' must list two or more distinct integers"),
@@ -49,6 +48,92 @@ def test_a_familys_own_seed_is_its_run_unless_the_epochs_differ(smoke_params):
     assert [(r["key"], r["variant"]) for r in seeds.plan(params)] == [
         ("seed_spread", "cnn_s42"),
         ("seed_spread", "cnn_s7"),
+    ]
+
+
+def test_supcon_is_seeded_with_its_control_and_the_hybrid_as_itself(smoke_params):
+    params = copy.deepcopy(smoke_params)
+    params["seed_spread"] = {"runs": ["hybrid", "supcon"], "seeds": [42, 7], "epochs": None}
+    assert [(r["family"], r["key"], r["variant"]) for r in seeds.plan(params)] == [
+        ("hybrid", "hybrid", "hybrid"),  # seed 42: stage 10's run
+        ("hybrid", "seed_spread", "hybrid_s7"),
+        ("supcon", "supcon", "supcon"),  # seed 42: stage 11's two runs
+        ("supcon_ce_control", "supcon", "supcon_ce_control"),
+        ("supcon", "seed_spread", "supcon_s7"),
+        ("supcon_ce_control", "seed_spread", "supcon_ce_control_s7"),
+    ]
+    # the compared runs' names in the seed study: the control is a model of its own
+    pairs = [("supcon", "supcon"), ("supcon", "supcon_ce_control"), ("resnet50", "resnet50_sgd")]
+    runs = [{"key": k, "variant": v} for k, v in pairs]
+    seeded = pd.DataFrame({"family": ["supcon", "supcon_ce_control"]})
+    assert seed_report.family_of(runs, seeded) == {
+        "supcon": "supcon", "supcon_ce_control": "supcon_ce_control", "resnet50_sgd": "resnet50"
+    }  # fmt: skip
+
+
+def test_supcon_and_its_control_train_under_another_seed(built, sample_dir, tmp_path, smoke_params):
+    """Stage 11's recipe through the seed study: both runs under seed 43, in the study's
+    folder, each another model than stage 11's own (seed 42) and with the same config
+    otherwise; a rerun reuses them."""
+    from bloodcells.supcon import train_supcon
+
+    root = mini_project(tmp_path, built[0], sample_dir)
+    params = copy.deepcopy(smoke_params)
+    params["seed_spread"] = {"runs": ["supcon"], "seeds": [42, 43], "epochs": None}
+    train_supcon(params, root, verbose=0)
+    planned = seeds.train_seeds(params, root, verbose=0)
+    assert sorted(p.name for p in (root / "models/seed_spread").iterdir()) == [
+        "plan.json", "supcon_ce_control_s43", "supcon_s43"
+    ]  # fmt: skip
+    for own, other in [("supcon", "supcon_s43"), ("supcon_ce_control", "supcon_ce_control_s43")]:
+        a = experiment.read_run("supcon", own, root)
+        b = experiment.read_run("seed_spread", other, root)
+        assert (a["seed"], b["seed"]) == (42, 43)
+        assert a["config"] == {**b["config"], "seed": 42}
+        pa = experiment.load_predictions("supcon", own, root)["val_probs"]
+        pb = experiment.load_predictions("seed_spread", other, root)["val_probs"]
+        assert not np.allclose(pa, pb)
+    model = root / "models/seed_spread/supcon_s43/model.keras"
+    before = model.stat().st_mtime_ns
+    assert seeds.train_seeds(params, root, verbose=0) == planned
+    assert model.stat().st_mtime_ns == before
+    runs = seed_report.seed_runs(root)
+    assert list(runs["family"]) == ["supcon", "supcon_ce_control"] * 2
+    assert list(runs["trained by"]) == ["train-supcon"] * 2 + ["train-seeds"] * 2
+    assert seed_report.seed_table(runs)["the compared run's config"].all()
+
+
+def test_the_hybrid_is_trained_into_the_study_under_its_seed(monkeypatch, tmp_path, smoke_params):
+    """Stage 10's recipe through the seed study: the run the study plans is the one
+    ``hybrid.train_hybrid`` makes (``models/seed_spread/hybrid_s43``), under seed 43, its
+    joint phase at the study's epochs and the frozen phase at the hybrid's own; seed 42 at
+    the hybrid's own epochs is stage 10's run. (Training itself is the smoke DAG's
+    ``train-hybrid``; here ``ensure_run`` records what it was asked for.)"""
+    from bloodcells import hybrid
+
+    asked = []
+
+    def ensure_run(key, variant, cfg, train, root, verbose, **extra):
+        asked.append((key, variant, cfg.seed, cfg.epochs, extra["frozen_epochs"]))
+        return {}
+
+    monkeypatch.setattr(hybrid, "ensure_run", ensure_run)
+    monkeypatch.setattr(seeds, "write_json", lambda *a: None)
+    params = copy.deepcopy(smoke_params)
+    params["models"]["hybrid"]["from_stages"] = False  # no stage 08/09 runs here
+    own, frozen = params["models"]["hybrid"]["epochs"], params["models"]["hybrid"]["frozen_epochs"]
+    params["seed_spread"] = {"runs": ["hybrid"], "seeds": [42, 43], "epochs": None}
+    planned = seeds.train_seeds(params, tmp_path, verbose=0)
+    assert [(r["key"], r["variant"]) for r in planned] == [
+        ("hybrid", "hybrid"),  # its own seed and epochs: stage 10's run, not trained here
+        ("seed_spread", "hybrid_s43"),
+    ]
+    assert asked == [("seed_spread", "hybrid_s43", 43, own + frozen, frozen)]
+    params["seed_spread"]["epochs"] = own + 2  # the study's epochs: the joint phase's
+    asked.clear()
+    seeds.train_seeds(params, tmp_path, verbose=0)
+    assert asked == [
+        ("seed_spread", f"hybrid_s{seed}", seed, own + 2 + frozen, frozen) for seed in (42, 43)
     ]
 
 
@@ -120,6 +205,7 @@ def planted(per_seed_accuracy: dict[str, list[float]], n: int = 2000) -> pd.Data
                     "family": family,
                     "seed": seed,
                     "trained by": f"train@{family}" if seed == 1 else "train-seeds",
+                    "own run": seed == 1,
                     "epochs": 1,
                     "val accuracy": acc,
                     "test accuracy": acc,
@@ -175,6 +261,7 @@ def test_seed_runs_at_other_epochs_are_called_a_stand_in(tmp_path):
 
     runs = planted({"cnn": [0.95, 0.951, 0.949], "unet": [0.90, 0.899, 0.901]})
     runs["trained by"] = ["train-seeds"] * 3 + ["train@unet", "train-seeds", "train-seeds"]
+    runs["own run"] = runs["trained by"] != "train-seeds"
     table = seed_report.seed_table(runs)
     assert not table.loc["cnn", "the compared run's config"]
     assert table.loc["unet", "the compared run's config"]  # its own run is one of them

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from bloodcells import seeds
 from bloodcells.config import load_params
 from bloodcells.report import pct
 from tests.conftest import ROOT
@@ -62,6 +63,7 @@ def test_every_stage_ran_and_left_its_outputs(smoke_dag):
         "metrics/robust_training.json",
         "models/seed_spread/plan.json",
         "models/seed_spread/cnn_s43/predictions.npz",
+        "models/seed_spread/supcon_ce_control_s43/embeddings.npz",
         "models/compute_matched/plan.json",
         "models/compute_matched/mobilenetv2_s43/predictions.npz",
         "metrics/compute_matched.json",
@@ -196,10 +198,12 @@ def test_comparison_shows_the_seed_spread_and_calls_real_only_what_exceeds_it(sm
     summary = json.loads((smoke_dag / "metrics/summary.json").read_text())
     seeded = summary["seed_spread"]["families"]
     section = load_params(smoke_dag / "params.yaml")["seed_spread"]
-    assert list(seeded) and set(seeded) == set(section["runs"])
+    names = {e: seeds.OWN_RECIPES.get(e, (e,)) for e in section["runs"]}  # SupCon: 2 models
+    assert list(seeded) and set(seeded) == {f for fs in names.values() for f in fs}
+    assert "supcon_ce_control" in seeded  # the smoke profile seeds an own recipe too
     plan = json.loads((smoke_dag / "models/seed_spread/plan.json").read_text())["runs"]
     assert {(r["key"], r["variant"]) for r in plan if r["seed"] == 42} == {
-        (f, f) for f in section["runs"]
+        (e, f) for e, fs in names.items() for f in fs
     }  # the smoke families' own seed: their own runs, not trained twice
     report = (smoke_dag / "reports/12_comparison.html").read_text()
     assert "Are the differences beyond the seed spread?" in report and "Traceback" not in report

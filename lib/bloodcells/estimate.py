@@ -101,22 +101,8 @@ def plan(params: dict, n_train: int, n_val: int, n_test: int = 0) -> list[Run]:
     for key in ("cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2"):
         runs += _family_runs(models, key, n_train, n_val)
     runs += study_runs(params, n_train, n_val, n_test)
-    for key in ("inceptionv3", "xception"):
-        runs += _family_runs(models, key, n_train, n_val)
-    hybrid = models["hybrid"]
-    frozen = int(hybrid.get("frozen_epochs", 0))
-    runs.append(
-        Run("hybrid", "joint + frozen phases", "hybrid", (), int(hybrid["epochs"]) + frozen,
-            n_train, n_val, frozen_epochs=frozen)
-    )  # fmt: skip
-    sup = models["supcon"]
-    runs.append(
-        Run("supcon", "contrastive pre-training", "supcon", (), sup["epochs"], n_train, n_val, 2)
-    )
-    runs.append(
-        Run("supcon", "classifier probe", "supcon", (), sup["classifier_epochs"], n_train, n_val)
-    )
-    runs.append(Run("supcon", "cross-entropy control", "supcon", (), sup["epochs"], n_train, n_val))
+    for key in ("inceptionv3", "xception", "hybrid", "supcon"):
+        runs += _recipe_runs(models, key, n_train, n_val)
     return runs
 
 
@@ -157,16 +143,18 @@ def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]
             )  # fmt: skip
     from bloodcells.seeds import SECTION_KEY, plan
 
-    for run in plan(params):  # the seed spread: only the runs that are not a family's own
-        if run["key"] == SECTION_KEY:
-            (family_run,) = _family_runs(params["models"], run["family"], n_train, n_val)
-            epochs = params["seed_spread"]["epochs"] or family_run.epochs
-            runs.append(
-                replace(
-                    family_run, stage="train-seeds", what=f"{run['family']} seed {run['seed']}",
-                    epochs=epochs,
-                )
-            )  # fmt: skip
+    # the seed spread: only the runs that are not a family's own, each recipe once per seed
+    # (SupCon's control is one of SupCon's runs); ``epochs`` replaces the entry's own
+    epochs, seen = params["seed_spread"]["epochs"], set()
+    for run in plan(params):
+        if run["key"] != SECTION_KEY or (run["entry"], run["seed"]) in seen:
+            continue
+        seen.add((run["entry"], run["seed"]))
+        parts = _recipe_runs(params["models"], run["entry"], n_train, n_val, epochs)
+        for part in parts:
+            what = f"{run['entry']} seed {run['seed']}"
+            what += f" ({part.what})" if len(parts) > 1 or run["entry"] == "hybrid" else ""
+            runs.append(replace(part, stage="train-seeds", what=what))
     from bloodcells import matched
 
     cm = params[matched.SECTION]  # every family under one protocol: its overrides are the study's
@@ -184,6 +172,30 @@ def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]
                     round(n_train * SMOTE_GROWTH) if smote else n_train, n_val)
             )  # fmt: skip
     return runs
+
+
+def _recipe_runs(
+    models: dict, key: str, n_train: int, n_val: int, epochs: int | None = None
+) -> list[Run]:
+    """The runs that ``models.<key>``'s stage trains: each optimizer's variant, the hybrid's
+    two phases as one run, or SupCon's pre-training, probe and control; ``epochs`` (when
+    given) replaces the entry's own (the hybrid's joint phase, SupCon's pre-training and
+    control)."""
+    entry = models[key] if epochs is None else {**models[key], "epochs": epochs}
+    if key == "hybrid":
+        frozen = int(entry.get("frozen_epochs", 0))
+        return [
+            Run("hybrid", "joint + frozen phases", "hybrid", (), int(entry["epochs"]) + frozen,
+                n_train, n_val, frozen_epochs=frozen)
+        ]  # fmt: skip
+    if key == "supcon":
+        pre, probe = int(entry["epochs"]), int(entry["classifier_epochs"])
+        return [
+            Run("supcon", "contrastive pre-training", "supcon", (), pre, n_train, n_val, 2),
+            Run("supcon", "classifier probe", "supcon", (), probe, n_train, n_val),
+            Run("supcon", "cross-entropy control", "supcon", (), pre, n_train, n_val),
+        ]
+    return _family_runs({**models, key: entry}, key, n_train, n_val)
 
 
 def _family_runs(models: dict, key: str, n_train: int, n_val: int) -> list[Run]:

@@ -20,17 +20,26 @@ from bloodcells.train import (
 KEY = "hybrid"
 
 
-def train_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> dict:
+def train_hybrid(
+    params: dict,
+    root: Path | None = None,
+    verbose: int = 2,
+    key: str = KEY,
+    variant: str = KEY,
+    **overrides,
+) -> dict:
     """Phase 1: train the hybrid jointly; phase 2: more epochs with both bases frozen.
 
     With ``models.hybrid.from_stages`` the branches start from the InceptionV3 and Xception
     that stages 08 and 09 trained (their training keys are part of this run's); otherwise
     both are built from ``weights``. The phase with the better validation accuracy is kept
-    (unless trained before under the same key). Returns the training record.
+    (unless trained before under the same key). The run is ``models/<key>/<variant>/``
+    (stage 10's by default; the seed spread's under another seed); ``overrides`` (``seed``,
+    ``epochs``: the joint phase's) replace ``models.hybrid``'s. Returns the training record.
     """
     root = root or project_root()
     entry = params["models"][KEY]
-    cfg = family_config(params, KEY)
+    cfg = family_config(params, KEY, **overrides)
     cfg2 = dataclasses.replace(cfg, epochs=int(entry["frozen_epochs"]))
     cfg_total = dataclasses.replace(cfg, epochs=cfg.epochs + cfg2.epochs)
     branch_keys = (
@@ -65,8 +74,8 @@ def train_hybrid(params: dict, root: Path | None = None, verbose: int = 2) -> di
         return chosen, extra
 
     return ensure_run(
-        KEY,
-        KEY,
+        key,
+        variant,
         cfg_total,
         train,
         root,

@@ -29,6 +29,13 @@ from bloodcells.statistics import paired_difference
 
 #: the per-seed differences' sd a mean difference must exceed this many times
 SEED_SD_FACTOR = 2.0
+#: the stages that train a models entry by a recipe of its own (the rest: ``train@<key>``)
+OWN_STAGES = {"hybrid": "train-hybrid", "supcon": "train-supcon"}
+
+
+def own_stage(key: str) -> str:
+    """The stage that trains ``models.<key>``'s own run."""
+    return OWN_STAGES.get(key, f"train@{key}")
 
 
 def read_plan(
@@ -47,9 +54,9 @@ def read_plan(
 def seed_runs(
     root: Path | None = None, study: str = "seed_spread", stage: str = "train-seeds"
 ) -> pd.DataFrame:
-    """One row per planned run of ``study``: family, seed, the stage that trained it,
-    epochs, validation and test accuracy, test macro-F1; ``correct`` holds its per-image
-    test correctness."""
+    """One row per planned run of ``study``: family, seed, the stage that trained it (and
+    whether that is the family's own run, the one the comparison scores), epochs, validation
+    and test accuracy, test macro-F1; ``correct`` holds its per-image test correctness."""
     root = root or project_root()
     rows = []
     for run in read_plan(root, study, stage):
@@ -60,7 +67,8 @@ def seed_runs(
             {
                 "family": run["family"],
                 "seed": run["seed"],
-                "trained by": f"train@{run['family']}" if run["key"] == run["family"] else stage,
+                "trained by": stage if run["key"] == study else own_stage(run["key"]),
+                "own run": run["key"] != study,
                 "epochs": record["epochs"],
                 "val accuracy": record["val_accuracy"],
                 "test accuracy": scores["accuracy"],
@@ -83,9 +91,7 @@ def seed_table(runs: pd.DataFrame) -> pd.DataFrame:
             "epochs": ", ".join(sorted({str(e) for e in group["epochs"]})),
             # whether these runs are the compared run's config (its own run among them), or
             # a cheaper stand-in (``seed_spread.epochs`` set): the reports say which
-            "the compared run's config": bool(
-                (group["trained by"] == "train@" + str(family)).any()
-            ),
+            "the compared run's config": bool(group["own run"].any()),
         }
         for col in ("val accuracy", "test accuracy", "test macro-F1"):
             values = 100 * group[col].to_numpy()
@@ -134,6 +140,13 @@ def pair_verdicts(runs: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) ->
             }
         )
     return pd.DataFrame(rows)
+
+
+def family_of(runs: list[dict], seeded: pd.DataFrame) -> dict[str, str]:
+    """Each compared run's name in the seed study (``variant`` -> name): its own name when
+    the study seeded it under that name (SupCon's control), else its ``models`` entry."""
+    names = set(seeded["family"])
+    return {r["variant"]: r["variant"] if r["variant"] in names else r["key"] for r in runs}
 
 
 def mark_pairs(tests: pd.DataFrame, verdicts: pd.DataFrame, family_of: dict) -> pd.DataFrame:

@@ -3,11 +3,15 @@ other seeds, so a difference between two models is called real only when it exce
 the test-sampling CI and the seed-to-seed spread.
 
 The ``seed_spread`` params section names the families (``runs``: ``models.<key>`` entries
-with one optimizer) and the ``seeds``. Each family trains its own recipe under each seed;
-``epochs`` (when set) trains every run of the study for that many epochs instead, and the
-reports say so. A run whose config is the family's own (the family's seed, its epochs) *is*
-the family's run of ``train@<key>`` (``models/<key>/<key>``): it is read from there, not
-trained twice. The others live in ``models/seed_spread/<key>_s<seed>/`` (model, validation
+with one optimizer) and the ``seeds``. Each family trains its own recipe under each seed:
+a plain family its ``train@<key>`` recipe, the hybrid stage 10's two phases (from the
+branches of stages 08 and 09 when ``from_stages``), SupCon stage 11's pre-training and probe
+*and* its cross-entropy control, a model of its own in the report (:data:`OWN_RECIPES`).
+``epochs`` (when set) trains every run of the study for that many epochs instead (the
+hybrid's joint phase, SupCon's pre-training and control), and the reports say so. A run
+whose config is the family's own (the family's seed, its epochs) *is* the family's run of
+its stage (``models/<key>/<variant>``): it is read from there, not trained twice. The others
+live in ``models/seed_spread/<variant>_s<seed>/`` (model, validation
 and test predictions, record; trained once per training key, resumable), and
 ``models/seed_spread/plan.json`` lists where every planned run is. ``models/seed_spread``
 persists when the stage reruns (``dvc.yaml``), so a run whose training key is unchanged is
@@ -28,8 +32,9 @@ from bloodcells.paths import project_root, resolve, write_json
 SECTION = "seed_spread"
 #: the folder the study's own runs live in: models/seed_spread/
 SECTION_KEY = "seed_spread"
-#: models entries with a training path of their own: not seeded by this study (yet)
-OWN_RECIPES = ("hybrid", "supcon")
+#: models entries with a training path of their own, and the runs (variants) each makes:
+#: the hybrid (stage 10's two phases) and SupCon with its cross-entropy control (stage 11)
+OWN_RECIPES = {"hybrid": ("hybrid",), "supcon": ("supcon", "supcon_ce_control")}
 
 
 def check_params(section: dict | None, models: dict) -> dict:
@@ -50,12 +55,6 @@ def check_params(section: dict | None, models: dict) -> dict:
             raise ParamsError(
                 f"Params key '{SECTION}.runs' has {name!r}; it must name a 'models' entry "
                 f"({', '.join(models)})."
-            )
-        if name in OWN_RECIPES:
-            raise ParamsError(
-                f"Params key '{SECTION}.runs' has {name!r}, which trains by a recipe of its "
-                f"own; this study seeds the plain families only ({', '.join(OWN_RECIPES)} "
-                "excluded). Remove it."
             )
         optimizers = models[name].get("optimizers") or ["adam"]
         if len(optimizers) != 1:
@@ -123,19 +122,24 @@ def run_name(family: str, seed: int) -> str:
 
 
 def plan(params: dict) -> list[dict]:
-    """Every run of the study: ``{"family", "seed", "key", "variant"}``, where
-    ``models/<key>/<variant>/`` holds it: the family's own run of ``train@<family>`` when the
-    seed and epochs are the family's, else a run of this study."""
+    """Every run of the study: ``{"family", "seed", "key", "variant", "entry"}``, where
+    ``models/<key>/<variant>/`` holds it: the family's own run (``train@<family>``, or the
+    hybrid's and SupCon's stages) when the seed and epochs are the family's, else a run of
+    this study. ``family`` names the model compared (SupCon's control is one of its own);
+    ``entry`` the ``models`` entry that trains it."""
     from bloodcells.train import family_config
 
     section = params[SECTION]
     out = []
-    for family in section["runs"]:
-        own = family_config(params, family)
+    for entry in section["runs"]:
+        own = family_config(params, entry)
         for seed in section["seeds"]:
             reused = seed == own.seed and section["epochs"] in (None, own.epochs)
-            key, variant = (family, family) if reused else (SECTION_KEY, run_name(family, seed))
-            out.append({"family": family, "seed": seed, "key": key, "variant": variant})
+            for family in OWN_RECIPES.get(entry, (entry,)):
+                key, variant = (entry, family) if reused else (SECTION_KEY, run_name(family, seed))
+                out.append(
+                    {"family": family, "seed": seed, "key": key, "variant": variant, "entry": entry}
+                )
     return out
 
 
@@ -148,13 +152,24 @@ def train_seeds(params: dict, root: Path | None = None, verbose: int = 2) -> lis
     section = params[SECTION]
     planned = plan(params)
     for run in planned:
-        if run["key"] != SECTION_KEY:
-            continue
+        entry = run["entry"]
+        if run["key"] != SECTION_KEY or run["family"] != OWN_RECIPES.get(entry, (entry,))[0]:
+            continue  # a family's own run, or a second run of one recipe (SupCon's control)
         overrides = {"seed": run["seed"]}
         if section["epochs"] is not None:
             overrides["epochs"] = section["epochs"]
-        cfg = family_config(params, run["family"], **overrides)
-        ensure_config_run(SECTION_KEY, run["variant"], cfg, root, verbose)
+        if entry == "hybrid":
+            from bloodcells.hybrid import train_hybrid
+
+            train_hybrid(params, root, verbose, SECTION_KEY, run["variant"], **overrides)
+        elif entry == "supcon":
+            from bloodcells.supcon import train_supcon
+
+            names = tuple(run_name(f, run["seed"]) for f in OWN_RECIPES[entry])
+            train_supcon(params, root, verbose, SECTION_KEY, names, **overrides)
+        else:
+            cfg = family_config(params, entry, **overrides)
+            ensure_config_run(SECTION_KEY, run["variant"], cfg, root, verbose)
     own = {r["variant"] for r in planned if r["key"] == SECTION_KEY}
     prune_runs(SECTION_KEY, own, root)
     write_json(resolve(Path("models") / SECTION_KEY / "plan.json", root), {"runs": planned})

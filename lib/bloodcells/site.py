@@ -85,7 +85,7 @@ def build_index(root: Path | None = None) -> Path:
         )
         for m in summary["models"]:
             timing = read_timings(f"train-{m['key']}", root).get(m["model"], {})
-            spread = seeded.get(m["model"]) if m["model"] == m["key"] else None
+            spread = seeded.get(m["model"])  # a family, SupCon's control: by the run's name
             over_seeds = "one seed"
             if spread:  # the seed runs at this run's config, or a cheaper stand-in's
                 at = (

@@ -120,12 +120,21 @@ KEY = "supcon"
 CONTROL = "supcon_ce_control"
 
 
-def train_supcon(params: dict, root=None, verbose: int = 2) -> list[str]:
+def train_supcon(
+    params: dict,
+    root=None,
+    verbose: int = 2,
+    key: str = KEY,
+    variants: tuple[str, str] = (KEY, CONTROL),
+    **overrides,
+) -> list[str]:
     """Stage 11's training: SupCon pre-training and a classifier on the frozen encoder
     (variant ``supcon``), and the cross-entropy control (``supcon_ce_control``): the same
     encoder and head trained end to end for as many epochs as the pre-training ran. Each
     saves its test-split embeddings beside its model. Runs trained before under the same
-    key are kept. Returns the variants."""
+    key are kept. The runs are ``models/<key>/<variants>/`` (stage 11's by default; the
+    seed spread's under another seed); ``overrides`` (``seed``, ``epochs``: the
+    pre-training's and the control's) replace ``models.supcon``'s. Returns the variants."""
     import dataclasses
 
     from bloodcells.experiment import ensure_run
@@ -142,7 +151,7 @@ def train_supcon(params: dict, root=None, verbose: int = 2) -> list[str]:
 
     root = root or project_root()
     entry = params["models"][KEY]
-    cfg = family_config(params, KEY)
+    cfg = family_config(params, KEY, **overrides)
     cfg2 = dataclasses.replace(cfg, epochs=int(entry["classifier_epochs"]))
     total = dataclasses.replace(cfg, epochs=cfg.epochs + cfg2.epochs)
 
@@ -235,9 +244,9 @@ def train_supcon(params: dict, root=None, verbose: int = 2) -> list[str]:
         "projection_units": int(entry["projection_units"]),
         "classifier_epochs": cfg2.epochs,
     }
-    ensure_run(KEY, KEY, total, pretrain_and_probe, root, verbose, **recipe)
-    ensure_run(KEY, CONTROL, cfg, control, root, verbose, control=True)
-    return [KEY, CONTROL]
+    ensure_run(key, variants[0], total, pretrain_and_probe, root, verbose, **recipe)
+    ensure_run(key, variants[1], cfg, control, root, verbose, control=True)
+    return list(variants)
 
 
 def run_supcon(params: dict, root=None, verbose: int = 2) -> dict:
