@@ -141,15 +141,12 @@ def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]
                 Run("train-robust", f"remedy {remedy} seed {seed}", rb["family"], over,
                     rb["epochs"], n_train, n_val)
             )  # fmt: skip
-    from bloodcells.seeds import SECTION_KEY, plan
+    from bloodcells.seeds import plan, recipe_runs
 
     # the seed spread: only the runs that are not a family's own, each recipe once per seed
     # (SupCon's control is one of SupCon's runs); ``epochs`` replaces the entry's own
-    epochs, seen = params["seed_spread"]["epochs"], set()
-    for run in plan(params):
-        if run["key"] != SECTION_KEY or (run["entry"], run["seed"]) in seen:
-            continue
-        seen.add((run["entry"], run["seed"]))
+    epochs = params["seed_spread"]["epochs"]
+    for run in recipe_runs(plan(params)):
         parts = _recipe_runs(params["models"], run["entry"], n_train, n_val, epochs)
         for part in parts:
             what = f"{run['entry']} seed {run['seed']}"

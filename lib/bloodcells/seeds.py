@@ -143,6 +143,17 @@ def plan(params: dict) -> list[dict]:
     return out
 
 
+def recipe_runs(planned: list[dict]) -> list[dict]:
+    """The planned runs this study trains, one per recipe and seed: a family's own runs
+    left out, and SupCon's control, which its recipe trains beside it."""
+    seen, out = set(), []
+    for run in planned:
+        if run["key"] == SECTION_KEY and (run["entry"], run["seed"]) not in seen:
+            seen.add((run["entry"], run["seed"]))
+            out.append(run)
+    return out
+
+
 def train_seeds(params: dict, root: Path | None = None, verbose: int = 2) -> list[dict]:
     """Train every planned run of this study that is not a family's own run (unless trained
     under the same key); write ``models/seed_spread/plan.json``. Returns the plan."""
@@ -151,10 +162,8 @@ def train_seeds(params: dict, root: Path | None = None, verbose: int = 2) -> lis
     root = root or project_root()
     section = params[SECTION]
     planned = plan(params)
-    for run in planned:
+    for run in recipe_runs(planned):
         entry = run["entry"]
-        if run["key"] != SECTION_KEY or run["family"] != OWN_RECIPES.get(entry, (entry,))[0]:
-            continue  # a family's own run, or a second run of one recipe (SupCon's control)
         overrides = {"seed": run["seed"]}
         if section["epochs"] is not None:
             overrides["epochs"] = section["epochs"]
