@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-done
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup browser repro estimate test test-paper lint format smoke lab bench bench-avx2 lock clean-notebooks
+.PHONY: help setup browser repro estimate test test-paper lint format smoke lab bench bench-avx2 bench-both lock clean-notebooks
 
 help: ## list the commands
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -59,8 +59,13 @@ smoke: setup ## only the end-to-end smoke run of the DAG on the sample
 bench: setup ## speed and memory: preprocessing, every family's training/inference, stage times (after dvc repro preprocess)
 	$(BIN)/python -m bloodcells.bench $(ARGS)
 
-bench-avx2: setup ## make bench as on the reference machine: oneDNN capped to AVX2, 2 cores
-	ONEDNN_MAX_CPU_ISA=AVX2 taskset -c 0,1 $(BIN)/python -m bloodcells.bench $(ARGS)
+bench-avx2: setup ## make bench as on the reference machine: oneDNN capped to AVX2, 2 cores (reports/bench-avx2.md)
+	ONEDNN_MAX_CPU_ISA=AVX2 taskset -c 0,1 $(BIN)/python -m bloodcells.bench --out bench-avx2 $(ARGS)
+
+bench-both: setup ## make bench natively, then capped, then both in one table (reports/bench-side-by-side.md)
+	$(BIN)/python -m bloodcells.bench --out bench-native $(ARGS)
+	ONEDNN_MAX_CPU_ISA=AVX2 taskset -c 0,1 $(BIN)/python -m bloodcells.bench --out bench-avx2 $(ARGS)
+	$(BIN)/python -m bloodcells.bench --side-by-side reports/bench-native.json reports/bench-avx2.json
 
 lab: setup ## JupyterLab on localhost (token on); saves strip outputs
 	$(BIN)/jupyter lab --config=jupyter_server_config.py

@@ -49,6 +49,69 @@ def test_bench_measures_and_collects(tmp_path, built, sample_dir):
     assert f"{fam['parameter_count']:,}" in md
 
 
+def test_native_and_capped_side_by_side(tmp_path, built, sample_dir, monkeypatch):
+    """make bench-both: the same bench natively and in a process capped to AVX2 (oneDNN's
+    own cap, set before TensorFlow loads), merged into one table of native / capped."""
+    import os
+    import subprocess
+    import sys
+
+    root = mini_project(tmp_path, built[0], sample_dir)
+    params = copy.deepcopy(load_params(ROOT / "params.yaml", profile="smoke"))
+    params["models"]["cnn"]["image_size"] = 32
+    (root / "params.json").write_text(json.dumps(params))
+    native = bench.run_bench(params, [], ["cnn"], steps=2, root=root, name="bench-native")
+    script = (
+        "import json, sys; from pathlib import Path; from bloodcells import bench; "
+        "root = Path(sys.argv[1]); params = json.loads((root / 'params.json').read_text()); "
+        "bench.run_bench(params, [], ['cnn'], steps=2, root=root, name='bench-avx2')"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    subprocess.run([sys.executable, "-c", script, str(root)], env=env, check=True, timeout=300)
+    capped = json.loads((root / "reports/bench-avx2.json").read_text())
+    assert capped["machine"]["onednn_max_cpu_isa"] == "AVX2"
+    assert native["machine"]["onednn_max_cpu_isa"] is None
+    assert native["commit"] == capped["commit"] == bench.code_version(root)
+
+    reports = root / "reports"
+    files = [str(reports / "bench-native.json"), str(reports / "bench-avx2.json")]
+    monkeypatch.setenv("BLOODCELLS_ROOT", str(root))
+    assert bench.main(["--side-by-side", *files]) == 0
+    md = (reports / "bench-side-by-side.md").read_text()
+    a, b = native["families"][0], capped["families"][0]
+    row = next(line for line in md.splitlines() if line.startswith("| cnn |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == f"{a['train_images_per_second']:,.1f} / {b['train_images_per_second']:,.1f}"
+    slowdown = a["train_images_per_second"] / b["train_images_per_second"]
+    assert cells[3] == f"{slowdown:.2f}x"
+    assert cells[8] == (
+        f"{a['inference_images_per_second']:,.1f} / {b['inference_images_per_second']:,.1f}"
+    )
+    assert f"Capped ({capped['date']}): {bench.describe_machine(capped['machine'])}" in md
+    assert "(oneDNN capped to AVX2)" in md.split("- Capped")[1].splitlines()[0]
+    assert "capped to" not in md.split("- Native")[1].splitlines()[0]
+
+    with pytest.raises(ValueError, match="differ in commit"):
+        bench.side_by_side(native, {**capped, "commit": "0000000"})
+    with pytest.raises(SystemExit, match="bench-missing.json"):
+        bench.write_side_by_side(
+            reports / "bench-native.json", reports / "bench-missing.json", root
+        )
+
+
+def test_the_commit_names_a_changed_tree():
+    head = subprocess_out("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
+    dirty = subprocess_out("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
+    assert bench.code_version(ROOT) == head + ("+changes" if dirty else "")
+    assert bench.code_version(Path("/")) == "unknown"
+
+
+def subprocess_out(*cmd: str) -> str:
+    import subprocess
+
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+
+
 def test_bench_without_a_previous_run(tmp_path):
     assert bench.stage_times(tmp_path) == {
         "stages": [],

@@ -14,9 +14,13 @@ Measures, on this machine:
 and collects, from the last ``dvc repro``, each stage's wall time and peak resident memory
 (the ``stage`` entries of ``metrics/timings/*.json``) and each trained model's recorded
 training time and throughput (``metrics/timings/train-*.json``). Writes
-``reports/bench.json`` and ``reports/bench.md`` with the machine named: CPU model, vector
-extensions, usable cores and oneDNN's ISA cap (``make bench-avx2`` measures capped to AVX2
-and 2 cores, as the reference machine would).
+``reports/bench.json`` and ``reports/bench.md`` (``--out`` renames them) with the machine
+named: CPU model, vector extensions, usable cores, oneDNN's ISA cap, and the commit
+(``make bench-avx2`` measures capped to AVX2 and 2 cores, as the reference machine would).
+
+``--side-by-side NATIVE CAPPED`` puts two such measurements in one table
+(:func:`side_by_side`, ``reports/bench-side-by-side.md``): ``make bench-both`` measures
+natively, then capped, then writes it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from bloodcells.compare import FAMILY_ORDER
 from bloodcells.config import load_params
 from bloodcells.paths import manifest_path, project_root, raw_dataset_dir, reports_dir, resolve
 from bloodcells.preprocess import cache_arrays, read_manifest
-from bloodcells.timing import TIMINGS, describe_machine, hardware, read_timings
+from bloodcells.timing import TIMINGS, describe_machine, git_output, hardware, read_timings
 
 #: params.yaml model entries that are a family of their own (SupCon reuses one as encoder).
 BENCH_KEYS = tuple(key for key in FAMILY_ORDER if key != "supcon")
@@ -66,7 +70,7 @@ def timed_fit(model, ds, steps: int) -> dict:
     """Wall seconds, CPU seconds and the kernel's share of CPU time for ``steps`` training
     steps of ``model.fit`` on ``ds``."""
     (u0, s0), t0 = _cpu_seconds(), time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    model.fit(ds, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
     seconds = time.perf_counter() - t0
     (u1, s1) = _cpu_seconds()
     cpu = (u1 - u0) + (s1 - s0)
@@ -94,8 +98,8 @@ def pipeline_versus_memory(model, pipeline, steps: int, warmup: int, rounds: int
         pass
     (u1, s1) = _cpu_seconds()
     input_cpu = ((u1 - u0) + (s1 - s0)) / (2 * steps)
-    model.fit(in_memory, steps_per_epoch=warmup, epochs=1, verbose=0)
-    model.fit(pipeline, steps_per_epoch=warmup, epochs=1, verbose=0)
+    model.fit(in_memory, steps_per_epoch=warmup, epochs=1, shuffle=False, verbose=0)
+    model.fit(pipeline, steps_per_epoch=warmup, epochs=1, shuffle=False, verbose=0)
     memory, piped = [], []
     for _ in range(rounds):
         memory.append(timed_fit(model, in_memory, steps))
@@ -216,7 +220,8 @@ def markdown(out: dict) -> str:
     """The benchmark as markdown tables."""
     m = out["machine"]
     lines = [
-        f"# Benchmarks ({out['date']}, profile `{out['profile']}`)",
+        f"# Benchmarks ({out['date']}, commit {out.get('commit', '?')}, "
+        f"profile `{out['profile']}`)",
         "",
         f"Machine: {describe_machine(m)}; {m['platform']}.",
     ]
@@ -279,6 +284,14 @@ def markdown(out: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def code_version(root: Path) -> str:
+    """The commit a measurement ran (short hash, ``+changes`` when the tree differs)."""
+    here = ["-C", str(root)]
+    commit = git_output(*here, "rev-parse", "--short", "HEAD")
+    dirty = git_output(*here, "status", "--porcelain", "--untracked-files=no")
+    return commit + ("+changes" if dirty and commit != "unknown" else "")
+
+
 def run_bench(
     params: dict,
     sizes: list[int],
@@ -286,11 +299,13 @@ def run_bench(
     steps: int = 20,
     workers: int = 0,
     root: Path | None = None,
+    name: str = "bench",
 ) -> dict:
-    """Measure and collect everything; write ``reports/bench.{json,md}``; return it."""
+    """Measure and collect everything; write ``reports/<name>.{json,md}``; return it."""
     root = root or project_root()
     out = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        "commit": code_version(root),
         "profile": params.get("profile"),
         "machine": hardware(),
         "workers": workers or os.cpu_count(),
@@ -302,9 +317,91 @@ def run_bench(
     }
     reports = reports_dir(root)
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "bench.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    (reports / "bench.md").write_text(markdown(out), encoding="utf-8")
+    (reports / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    (reports / f"{name}.md").write_text(markdown(out), encoding="utf-8")
     return out
+
+
+def _pair(native, capped, digits: int = 1, percent: bool = False) -> str:
+    def one(v):
+        if v is None:
+            return "-"
+        return f"{100 * v:.{digits}f}%" if percent else _fmt(float(v), digits)
+
+    return f"{one(native)} / {one(capped)}"
+
+
+def side_by_side(native: dict, capped: dict) -> str:
+    """Two benchmarks of the same profile (:func:`run_bench` outputs), natively and capped
+    to the reference machine, as one markdown table: each figure ``native / capped``, with
+    the capped run's slowdown. Rows are what both measured."""
+    for what in ("profile", "commit"):
+        if native.get(what) != capped.get(what):
+            raise ValueError(
+                f"The two benchmarks differ in {what}: {native.get(what)!r} natively, "
+                f"{capped.get(what)!r} capped. Measure both from the same tree and profile "
+                "(make bench-both)."
+            )
+    lines = [
+        f"# Benchmarks natively and capped (commit {native.get('commit', '?')}, "
+        f"profile `{native['profile']}`)",
+        "",
+        f"- Native ({native['date']}): {describe_machine(native['machine'])}.",
+        f"- Capped ({capped['date']}): {describe_machine(capped['machine'])}.",
+        f"- {native['steps']} / {capped['steps']} timed training steps per family.",
+    ]
+    sizes = [s for s in native.get("decode_resize", {}) if s in capped.get("decode_resize", {})]
+    if sizes:
+        lines += ["", "## Decode + resize, images/s (native / capped)", ""]
+        lines += ["| size (px) | images/s | capped slowdown |", "| --- | --- | --- |"]
+        for size in sizes:
+            a = native["decode_resize"][size]["images_per_second"]
+            b = capped["decode_resize"][size]["images_per_second"]
+            lines.append(f"| {size} | {_pair(a, b)} | {a / b:.2f}x |")
+    theirs = {r["key"]: r for r in capped.get("families", [])}
+    rows = [(r, theirs[r["key"]]) for r in native.get("families", []) if r["key"] in theirs]
+    if rows:
+        lines += ["", "## Families (native / capped)", ""]
+        lines += [
+            "| model | size (px) | train images/s | capped slowdown | in-memory images/s | "
+            "input CPU / step CPU | wall overhead | kernel CPU | inference images/s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for a, b in rows:
+            fig = {k: (a[k], b[k]) for k in a if k in b}
+            slow = a["train_images_per_second"] / b["train_images_per_second"]
+            lines.append(
+                f"| {a['key']} | {a['image_size']} | {_pair(*fig['train_images_per_second'])} "
+                f"| {slow:.2f}x | {_pair(*fig['in_memory_images_per_second'])} "
+                f"| {_pair(*fig['input_cpu_share'], percent=True)} "
+                f"| {_pair(*fig['pipeline_overhead'], percent=True)} "
+                f"| {_pair(*fig['kernel_cpu_share'], percent=True)} "
+                f"| {_pair(*fig['inference_images_per_second'])} |"
+            )
+        lines += [
+            "",
+            "Capped slowdown: native training images/s over capped. The two runs are one "
+            "after the other, not interleaved: on a shared host, noise moves either side.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_side_by_side(native_file: Path, capped_file: Path, root: Path | None = None) -> Path:
+    """:func:`side_by_side` of two ``reports/<name>.json`` files, to
+    ``reports/bench-side-by-side.md``; a missing or unreadable file is named."""
+    loaded = []
+    for path in (Path(native_file), Path(capped_file)):
+        try:
+            loaded.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as err:
+            raise SystemExit(
+                f"bench --side-by-side: cannot read {path} ({err}); run `make bench-both`, "
+                "or `make bench ARGS='--out NAME'` natively and capped first."
+            ) from err
+    target = reports_dir(root or project_root()) / "bench-side-by-side.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(side_by_side(*loaded), encoding="utf-8")
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,12 +411,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per family")
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--profile", help="override params.yaml's profile")
+    parser.add_argument("--out", default="bench", help="report name: reports/OUT.{json,md}")
+    parser.add_argument(
+        "--side-by-side",
+        nargs=2,
+        metavar=("NATIVE", "CAPPED"),
+        help="measure nothing: put two bench JSON files in one table",
+    )
     args = parser.parse_args(argv)
+    if not args.out or "/" in args.out or args.out.startswith("."):
+        parser.error(f"--out {args.out!r}: give a plain name; the report is reports/NAME.md")
+    if args.side_by_side:
+        target = write_side_by_side(*args.side_by_side)
+        print(target.read_text(encoding="utf-8"))
+        return 0
     params = load_params(profile=args.profile)
     unknown = sorted(set(args.families) - set(BENCH_KEYS))
     if unknown:
         parser.error(f"unknown --families {unknown}; choose from {', '.join(BENCH_KEYS)}")
-    out = run_bench(params, args.sizes, args.families, args.steps, args.workers)
+    out = run_bench(params, args.sizes, args.families, args.steps, args.workers, name=args.out)
     print(markdown(out))
     return 0
 

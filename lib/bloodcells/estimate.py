@@ -222,7 +222,7 @@ def calibrate(params: dict, run: Run, steps: int = 3, warmup: int = 1) -> dict:
     y = np.arange(n) % 8
     model = compiled_classifier(cfg, 1000)
     ds = make_dataset(x, y, batch, True, cfg.augment, cfg.seed).repeat()
-    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0)
+    model.fit(ds, steps_per_epoch=warmup, epochs=1, shuffle=False, verbose=0)
     seconds = timed_fit(model, ds, steps)["seconds"]
     predict_proba(model, x[:batch])
     _, infer = predict_proba(model, x)
