@@ -141,8 +141,15 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     assert {r.stage for r in runs} == {
         "cnn", "unet", "resnet50", "vgg16", "densenet201", "mobilenetv2",
         "cross-validation", "shuffling", "train-robust", "train-seeds", "inceptionv3",
-        "xception", "hybrid", "supcon", "train-matched",
+        "xception", "hybrid", "supcon", "train-matched", "train-ablation",
     }  # fmt: skip
+    ablated = [(r.what, r.epochs, dict(r.overrides)) for r in runs if r.stage == "train-ablation"]
+    ab = params["ablation"]
+    assert ablated == [
+        (f"{name} seed {seed}", ab["epochs"], ab["changes"].get(name, {}))
+        for name in ["base", *ab["changes"]]
+        for seed in ab["seeds"]
+    ]
     # the seed spread: each seeded family's other seeds, not its own run again
     # (SupCon's: its pre-training on two views, its probe and its cross-entropy control)
     seeded = [(r.key, r.what, r.epochs) for r in runs if r.stage == "train-seeds"]

@@ -37,6 +37,18 @@ def test_unknown_key_in_a_profile_names_the_key(tmp_path):
         load_params(path, profile="smoke")
 
 
+def test_a_mapping_empty_in_the_base_is_set_whole_by_a_profile(tmp_path):
+    """``ablation.changes`` is ``{}`` in the base: a profile names its own changes; the keys
+    of a non-empty mapping stay checked (the test above)."""
+    overnight = load_params(ROOT / "params.yaml", profile="overnight")
+    cpu = load_params(ROOT / "params.yaml", profile="cpu")
+    assert cpu["ablation"]["changes"] == {}
+    assert overnight["ablation"]["changes"]["ema"] == {"ema_momentum": 0.99}
+    path = write(tmp_path, lambda r: r["profiles"]["smoke"]["ablation"].update(seedz=[1]))
+    with pytest.raises(ParamsError, match=r"Unknown params key 'ablation\.seedz'"):
+        load_params(path, profile="smoke")
+
+
 def test_unknown_profile(tmp_path):
     path = write(tmp_path, lambda r: r.update(profile="gpu"))
     with pytest.raises(ParamsError, match="'profile' must be one of smoke, cpu, overnight, paper"):

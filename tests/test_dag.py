@@ -209,6 +209,19 @@ EDITS = [
         {"compare"},  # not train-matched
     ),
     (
+        "the ablation's changes: ablation.changes (active)",
+        _edit_yaml(_smoke("ablation", "changes", value={"ema": {"ema_momentum": 0.5}})),
+        (),
+        # the base's persistent runs are reused; the report reads the section
+        {"train-ablation", "compare"},
+    ),
+    (
+        "the ablation's report code: lib/bloodcells/ablation_report.py",
+        _append("lib/bloodcells/ablation_report.py"),
+        (),
+        {"compare"},  # not train-ablation
+    ),
+    (
         "a study's setting: shuffling.epochs (active)",
         _edit_yaml(_smoke("shuffling", "epochs", value=2)),
         (),

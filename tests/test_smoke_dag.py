@@ -67,6 +67,9 @@ def test_every_stage_ran_and_left_its_outputs(smoke_dag):
         "models/compute_matched/plan.json",
         "models/compute_matched/mobilenetv2_s43/predictions.npz",
         "metrics/compute_matched.json",
+        "models/ablation/plan.json",
+        "models/ablation/warmup_s43/predictions.npz",
+        "metrics/ablation.json",
         "dvc.lock",
     ):
         assert (smoke_dag / out).is_file(), out
@@ -257,6 +260,36 @@ def test_comparison_ranks_the_families_on_one_protocol(smoke_dag):
         ranked = f"{entry['rank']}. {family} {entry['test_accuracy_mean']:.2f}% ± "
         assert ranked + f"{entry['test_accuracy_sd']:.2f}" in report
     assert sorted(e["rank"] for e in body["families"].values()) == [1, 2]
+
+
+def test_comparison_reports_the_ablation_on_validation(smoke_dag):
+    """Notebook 12's ablation: each change's validation accuracy over seeds, from the runs'
+    own validation predictions, and its verdict against the base."""
+    body = json.loads((smoke_dag / "metrics/ablation.json").read_text())
+    section = load_params(smoke_dag / "params.yaml")["ablation"]
+    assert body["run"] and set(body["changes"]) == {"base", *section["changes"]}
+    report = (smoke_dag / "reports/12_comparison.html").read_text()
+    assert "The recipe, one change at a time (ablation)" in report
+    base_acc = {}
+    for change, entry in body["changes"].items():
+        accs = {}
+        for seed in section["seeds"]:
+            run = smoke_dag / "models/ablation" / f"{change}_s{seed}"
+            preds = np.load(run / "predictions.npz")
+            accs[seed] = 100 * (preds["val_probs"].argmax(1) == preds["val_y"]).mean()
+            record = json.loads((run / "run.json").read_text())
+            assert record["epochs"] == section["epochs"]
+        assert entry["val_accuracy_mean"] == pytest.approx(np.mean(list(accs.values())), abs=0.005)
+        if change == "base":
+            base_acc = accs
+            assert f"The base recipe reaches {entry['val_accuracy_mean']:.2f}%" in report
+            continue
+        diff = np.mean([accs[s] - base_acc[s] for s in section["seeds"]])
+        assert entry["vs_base_points"] == pytest.approx(diff, abs=0.005)
+        assert f"{change} (" in report and entry["verdict"] in report
+    assert body["kept"] == [
+        c for c, e in body["changes"].items() if (e.get("verdict") or "").startswith("kept")
+    ]
 
 
 def test_index_page_in_a_real_browser(smoke_dag):

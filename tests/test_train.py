@@ -41,7 +41,10 @@ def arrays(project):
         ({"balance": "undersample"}, r"'models\.cnn\.balance'"),
         ({"conv_widths": [16, 0]}, r"'models\.cnn\.conv_widths' must be a non-empty list"),
         ({"conv_widths": [8] * 6}, r"'models\.cnn\.conv_widths' has 6 blocks.*at least 64"),
-        ({"label_smoothing": 1.0}, r"'models\.cnn\.label_smoothing' must be in \[0, 1\)"),
+        ({"label_smoothing": 1.0}, r"'models\.cnn\.label_smoothing' \(or 'train\.label_smo"),
+        ({"ema_momentum": 1.0}, r"'models\.cnn\.ema_momentum' \(or 'train\.ema_momentum'\)"),
+        ({"warmup_fraction": -0.1}, r"'models\.cnn\.warmup_fraction'.*in \[0, 1\); got -0\.1"),
+        ({"ema_momentum": "high"}, r"'models\.cnn\.ema_momentum'.*got 'high'"),
         ({"graph_optimizer": "no"}, r"'train\.graph_optimizer' \(or 'models\.cnn\.graph_o"),
         ({"run_eagerly": 1}, r"'train\.run_eagerly' \(or 'models\.cnn\.run_eagerly'\)"),
     ],
@@ -185,6 +188,44 @@ def test_fit_returns_the_best_epochs_weights(arrays, tmp_path, epochs):
     else:  # the second epoch is worse: the first one's checkpoint, loaded
         assert history["val_loss"].iloc[1] > history["val_loss"].iloc[0]
         assert best is not model
+
+
+def test_warmup_rises_to_the_rate_then_decays(smoke_params):
+    opt = train.make_optimizer("adam", 1e-3, 100, warmup_fraction=0.1)
+    lr = opt.learning_rate  # the schedule's value at the optimizer's step
+    schedule = opt._learning_rate
+    assert float(schedule(0)) == pytest.approx(1e-3 * train.WARMUP_START)
+    assert float(schedule(5)) == pytest.approx(1e-3 * (train.WARMUP_START + 0.5 * (24 / 25)))
+    assert float(schedule(10)) == pytest.approx(1e-3)
+    assert float(schedule(55)) == pytest.approx(0.5e-3, rel=1e-3)  # halfway down the cosine
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+    assert float(lr) == pytest.approx(1e-3 * train.WARMUP_START)
+    plain = train.make_optimizer("adam", 1e-3, 100)._learning_rate
+    assert float(plain(0)) == pytest.approx(1e-3) and float(plain(50)) == pytest.approx(0.5e-3)
+    assert not train.make_optimizer("sgd", 1e-2, 100).use_ema
+    ema = train.make_optimizer("sgd", 1e-2, 100, ema_momentum=0.9)
+    assert ema.use_ema and ema.ema_momentum == 0.9
+
+
+def test_ema_weights_are_validated_saved_and_returned(smoke_params, arrays, tmp_path):
+    """With ``ema_momentum`` the epoch chosen on validation is the average's, and the model
+    returned is that average: its validation loss is the logged one (a continuous number,
+    so agreement is no coincidence), and it differs from training without the average."""
+    (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
+    val = train.make_dataset(x_val, y_val, 128, False, n_classes=8)
+    losses = {}
+    for ema in (0.0, 0.5):
+        cfg = train.family_config(smoke_params, "cnn", epochs=2, ema_momentum=ema)
+        out = tmp_path / str(ema)
+        result = train.train_model(cfg, x_tr, y_tr, x_val, y_val, out / "w", out / "l", verbose=0)
+        assert train._uses_ema(result.model) == bool(ema)
+        chosen = result.history["val_accuracy"].idxmax()
+        loss = result.model.evaluate(val, verbose=0, return_dict=True)["loss"]
+        assert loss == pytest.approx(result.history["val_loss"].loc[chosen], rel=1e-4)
+        losses[ema] = list(result.history["val_loss"])
+    # the training weights follow the same deterministic path either way: only the average
+    # makes the first epoch's validation loss differ
+    assert losses[0.0][0] != losses[0.5][0]
 
 
 class StopAfterFirstEpoch(keras.callbacks.Callback):

@@ -40,6 +40,8 @@ def _merge(base: dict, overlay: Mapping, where: str, family_keys: frozenset = fr
     """Overlay ``overlay`` on ``base``; keys the base lacks are errors naming the key.
 
     Inside a family entry (``models.<family>``) the shared ``train`` keys are allowed too.
+    A mapping that is empty in the base (``ablation.changes``) is free-form: an overlay
+    sets it whole, and its own checks name its keys.
     """
     out = copy.deepcopy(base)
     in_family = where.startswith("models.") and where.count(".") == 1
@@ -53,7 +55,7 @@ def _merge(base: dict, overlay: Mapping, where: str, family_keys: frozenset = fr
             raise ParamsError(
                 f"Unknown params key '{name}'. Allowed keys here: {', '.join(sorted(allowed))}."
             )
-        if isinstance(base[key], dict) and isinstance(value, Mapping):
+        if isinstance(base[key], dict) and base[key] and isinstance(value, Mapping):
             out[key] = _merge(base[key], value, name, family_keys)
         else:
             out[key] = copy.deepcopy(value)

@@ -108,8 +108,9 @@ def plan(params: dict, n_train: int, n_val: int, n_test: int = 0) -> list[Run]:
 
 def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]:
     """The cross-validation folds (over train + val), the shuffling study's runs (the
-    paper's protocol over every image: 70% train, of which the last 20% validates) and the
-    remedy runs of ``robust_training``."""
+    paper's protocol over every image: 70% train, of which the last 20% validates), the
+    remedy runs of ``robust_training``, the seed spread's and the compute-matched runs,
+    and the recipe ablation's."""
     runs = []
     cv = params["cross_validation"]
     over = (("image_size", cv["image_size"]), ("conv_widths", cv.get("conv_widths")))
@@ -168,6 +169,17 @@ def study_runs(params: dict, n_train: int, n_val: int, n_test: int) -> list[Run]
                 Run(matched.STAGE, f"{family} seed {seed}", family, over, cm["epochs"],
                     round(n_train * SMOTE_GROWTH) if smote else n_train, n_val)
             )  # fmt: skip
+    from bloodcells import ablation
+
+    ab = params[ablation.SECTION]  # the base and each change under every seed
+    for run in ablation.plan(params):
+        cfg = ablation.config(params, ab, run["change"], run["seed"])
+        over = tuple(sorted(run["settings"].items()))
+        grow = SMOTE_GROWTH if cfg.balance == "smote" else 1.0
+        runs.append(
+            Run(ablation.STAGE, f"{run['change']} seed {run['seed']}", ab["base"], over,
+                cfg.epochs, round(n_train * grow), n_val)
+        )  # fmt: skip
     return runs
 
 

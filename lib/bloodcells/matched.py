@@ -21,11 +21,10 @@ runs no longer planned. The report side is :mod:`bloodcells.matched_report`.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from bloodcells.config import BALANCE, OPTIMIZERS, ParamsError
-from bloodcells.paths import project_root, resolve, write_json
+from bloodcells.paths import project_root
 
 SECTION = "compute_matched"
 #: the training stage; its runs' and its own timings: ``metrics/timings/train-compute_matched.json``
@@ -184,38 +183,23 @@ def plan(params: dict) -> list[dict]:
 def train_matched(params: dict, root: Path | None = None, verbose: int = 2) -> list[dict]:
     """Train every planned run (unless trained under the same key), prune the runs no
     longer planned, write ``models/compute_matched/plan.json``. Returns the plan."""
-    from bloodcells.seeds import ensure_config_run, prune_runs
+    from bloodcells.seeds import train_planned
 
-    root = root or project_root()
     section = params[SECTION]
-    planned = plan(params)
-    for run in planned:
-        cfg = config(section, params["models"], run["family"], run["seed"], params["train"])
-        ensure_config_run(SECTION, run["variant"], cfg, root, verbose)
-    prune_runs(SECTION, {r["variant"] for r in planned}, root)
-    resolve(Path("dvclive") / SECTION, root).mkdir(parents=True, exist_ok=True)  # a stage output
-    write_json(resolve(Path("models") / SECTION / "plan.json", root), {"runs": planned})
-    return planned
+
+    def config_of(run: dict):
+        return config(section, params["models"], run["family"], run["seed"], params["train"])
+
+    return train_planned(SECTION, plan(params), config_of, root or project_root(), verbose)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from bloodcells.seeds import study_main
 
-    from bloodcells.config import load_params
-    from bloodcells.timing import record_stage_time
+    def check(params: dict) -> None:
+        check_params(params.get(SECTION), params["models"], params["preprocess"]["image_sizes"])
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
-    params = load_params()
-    check_params(params.get(SECTION), params["models"], params["preprocess"]["image_sizes"])
-    t0 = time.perf_counter()
-    planned = train_matched(params)
-    record_stage_time(TIMINGS, time.perf_counter() - t0)
-    print(
-        f"{STAGE}: {len(planned)} runs in models/{SECTION}/ "
-        f"in {(time.perf_counter() - t0) / 60:.1f} min"
-    )
-    return 0
+    return study_main(argv, __doc__, STAGE, SECTION, check, train_matched)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells import matched, remedies, seeds, shift
+from bloodcells import ablation, matched, remedies, seeds, shift
 from bloodcells.config import ParamsError, load_params
 from bloodcells.paths import manifest_path, processed_dir, project_root
 
@@ -48,6 +48,7 @@ def stage_params(params: dict) -> dict[str, dict]:
             "evaluate": params["evaluate"],
             "champion": params["champion"],
             matched.SECTION: params[matched.SECTION],
+            ablation.SECTION: params[ablation.SECTION],
         },
         "generalisation": {
             "profile": params["profile"],
@@ -89,6 +90,16 @@ def stage_params(params: dict) -> dict[str, dict]:
         "models": {f: matched.family_entry(params["models"], f) for f in section["families"]},
         matched.SECTION: section,
     }
+    section = ablation.check_params(params.get(ablation.SECTION), params)
+    base = dict(params["models"][section["base"]])  # every change starts from its recipe
+    if section["epochs"] is not None:  # ... at the study's epochs, not the base's
+        base.pop("epochs", None)
+    out[ablation.SECTION] = {
+        "preprocess": split,
+        "train": params["train"],
+        "models": {section["base"]: base},
+        ablation.SECTION: section,
+    }
     return out
 
 
@@ -104,7 +115,7 @@ RUN_SETTINGS = ("deterministic", "graph_optimizer", "run_eagerly")
 
 def trainers(params: dict) -> list[str]:
     """Every training stage's key: the families, then the studies."""
-    return [*params["models"], *STUDIES, seeds.SECTION, matched.SECTION]
+    return [*params["models"], *STUDIES, seeds.SECTION, matched.SECTION, ablation.SECTION]
 
 
 def sizes_used(params: dict, key: str) -> list[int]:
@@ -115,6 +126,12 @@ def sizes_used(params: dict, key: str) -> list[int]:
         return sorted({s for family in params[key]["runs"] for s in sizes_used(params, family)})
     if key == matched.SECTION:
         return [int(params[key]["image_size"])] if params[key]["families"] else []
+    if key == ablation.SECTION:
+        section = params[key]
+        if not section["changes"]:
+            return []
+        changed = {c["image_size"] for c in section["changes"].values() if "image_size" in c}
+        return sorted({*sizes_used(params, section["base"]), *map(int, changed)})
     entry = params["models"][key]
     size = entry.get("image_size") or params["train"].get("image_size")
     return [int(size)] if size else []
@@ -162,6 +179,8 @@ def where(params: dict, key: str) -> str:
         return f"a family of '{key}.runs' (its models entry)"
     if key == matched.SECTION:
         return f"'{key}.image_size'"
+    if key == ablation.SECTION:
+        return f"'{key}.base' (its models entry) or an image_size of '{key}.changes'"
     return f"{key}.image_size" if key in STUDIES else f"models.{key}"
 
 

@@ -121,25 +121,39 @@ def pair_verdicts(runs: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 0) ->
         if not np.array_equal(ya, yb):
             raise ValueError(f"{a} and {b} were scored on different test images.")
         ca, cb = np.stack(ga["correct"].to_list()), np.stack(gb["correct"].to_list())
-        diff, lo, hi = paired_difference(ca, cb, n_bootstrap, seed)
-        per_seed = ca.mean(axis=1) - cb.mean(axis=1)
-        sd = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
-        beyond_ci = lo > 0 or hi < 0
-        beyond_seeds = bool(abs(diff) > SEED_SD_FACTOR * sd) if sd == sd else False
+        v = seeded_difference(ca, cb, n_bootstrap, seed)
         rows.append(
             {
                 "model A": a,
                 "model B": b,
                 "seeds": len(shared),
-                "A - B (points)": round(100 * diff, 2),
-                "95% CI": f"{100 * lo:+.2f} to {100 * hi:+.2f}",
-                "sd over seeds (points)": round(100 * sd, 2),
-                "beyond the CI": beyond_ci,
-                "beyond the seed spread": beyond_seeds,
-                "real": beyond_ci and beyond_seeds,
+                "A - B (points)": v["difference"],
+                "95% CI": v["95% CI"],
+                "sd over seeds (points)": v["sd over seeds"],
+                "beyond the CI": v["beyond the CI"],
+                "beyond the seed spread": v["beyond the seed spread"],
+                "real": v["beyond the CI"] and v["beyond the seed spread"],
             }
         )
     return pd.DataFrame(rows)
+
+
+def seeded_difference(
+    correct_a: np.ndarray, correct_b: np.ndarray, n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
+    """A minus B on the same images, each ``(seeds, images)`` correctness with seeds paired:
+    the mean accuracy difference and its paired bootstrap 95% CI, the sd of the per-seed
+    differences (in points), and whether it lies beyond each (the module's rule)."""
+    diff, lo, hi = paired_difference(correct_a, correct_b, n_bootstrap, seed)
+    per_seed = correct_a.mean(axis=1) - correct_b.mean(axis=1)
+    sd = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan")
+    return {
+        "difference": round(100 * diff, 2),
+        "95% CI": f"{100 * lo:+.2f} to {100 * hi:+.2f}",
+        "sd over seeds": round(100 * sd, 2),
+        "beyond the CI": bool(lo > 0 or hi < 0),
+        "beyond the seed spread": bool(abs(diff) > SEED_SD_FACTOR * sd) if sd == sd else False,
+    }
 
 
 def family_of(runs: list[dict], seeded: pd.DataFrame) -> dict[str, str]:

@@ -117,6 +117,37 @@ def ensure_config_run(key: str, variant: str, cfg, root: Path, verbose: int = 2)
     return ensure_run(key, variant, cfg, train, root, verbose)
 
 
+def train_planned(key: str, planned: list[dict], config_of, root: Path, verbose: int = 2) -> list:
+    """A seeded study's runs (``config_of(run)``: each one's TrainConfig) trained into
+    ``models/<key>/<variant>/`` unless trained under the same key; the runs no longer
+    planned pruned; ``models/<key>/plan.json`` written. Returns ``planned``."""
+    for run in planned:
+        ensure_config_run(key, run["variant"], config_of(run), root, verbose)
+    prune_runs(key, {r["variant"] for r in planned}, root)
+    resolve(Path("dvclive") / key, root).mkdir(parents=True, exist_ok=True)  # a stage output
+    write_json(resolve(Path("models") / key / "plan.json", root), {"runs": planned})
+    return planned
+
+
+def study_main(argv: list[str] | None, doc: str, stage: str, key: str, check, train) -> int:
+    """The command of a study's training stage: ``check(params)``, then ``train(params)``
+    (the plan) timed into ``metrics/timings/train-<key>.json``, and one line said."""
+    import argparse
+
+    from bloodcells.config import load_params
+    from bloodcells.timing import record_stage_time
+
+    argparse.ArgumentParser(description=doc.splitlines()[0]).parse_args(argv)
+    params = load_params()
+    check(params)
+    t0 = time.perf_counter()
+    planned = train(params)
+    record_stage_time(f"train-{key}", time.perf_counter() - t0)
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"{stage}: {len(planned)} runs in models/{key}/ in {minutes:.1f} min")
+    return 0
+
+
 def run_name(family: str, seed: int) -> str:
     return f"{family}_s{seed}"
 

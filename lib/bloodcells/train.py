@@ -48,6 +48,12 @@ class TrainConfig:
     balance: str = "class_weight"
     augment: bool = True
     label_smoothing: float = 0.0
+    # the weights validated, saved and returned are an exponential moving average of the
+    # training weights with this momentum (the optimizer's ``use_ema``); 0 = off
+    ema_momentum: float = 0.0
+    # this fraction of the steps warms the learning rate up linearly (from 1/25 of it)
+    # before the cosine decay: a one-cycle schedule; 0 = cosine decay from the first step
+    warmup_fraction: float = 0.0
     conv_widths: list | None = None  # the CNN's filters per block; None = models.CNN_WIDTHS
     seed: int = 42
     deterministic: bool = True
@@ -93,11 +99,15 @@ class TrainConfig:
                     f"Params key 'train.{flag}' (or '{key}.{flag}') must be true or false; "
                     f"got {getattr(self, flag)!r}."
                 )
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ModelConfigError(
-                f"Params key '{key}.label_smoothing' must be in [0, 1); "
-                f"got {self.label_smoothing!r}."
-            )
+        for name in ("label_smoothing", "ema_momentum", "warmup_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                value = None
+            if value is None or not 0.0 <= value < 1.0:
+                raise ModelConfigError(
+                    f"Params key '{key}.{name}' (or 'train.{name}') must be a number in "
+                    f"[0, 1); got {getattr(self, name)!r}."
+                )
         return self
 
 
@@ -195,24 +205,46 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def make_optimizer(name: str, learning_rate: float, total_steps: int | None = None):
+#: a warm-up starts the learning rate at this fraction of its peak (one-cycle's 1/25)
+WARMUP_START = 1 / 25
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    total_steps: int | None = None,
+    warmup_fraction: float = 0.0,
+    ema_momentum: float = 0.0,
+):
     """The optimizer, with the learning rate decayed along a cosine to 0 over ``total_steps``.
 
     The decay settles the weights (and BatchNormalization's moving statistics) by the last
     epochs, which a short CPU run needs: at a constant 1e-3, validation accuracy of a
     from-scratch CNN swung between 67% and 18% from one epoch to the next.
+    ``warmup_fraction`` of the steps first rise linearly from ``WARMUP_START`` times the
+    rate to it (a one-cycle schedule); ``ema_momentum`` keeps an exponential moving average
+    of the weights (Keras's ``use_ema``; :func:`fit_resumable` validates and saves it).
     """
     import keras
 
     if total_steps:
-        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)
-
+        warm = int(round(total_steps * warmup_fraction))
+        if warm:
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                learning_rate * WARMUP_START,
+                max(total_steps - warm, 1),
+                warmup_target=learning_rate,
+                warmup_steps=warm,
+            )
+        else:
+            learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)
+    ema = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.Adam(learning_rate, **ema)
     if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate)
+        return keras.optimizers.RMSprop(learning_rate, **ema)
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, **ema)
     raise ModelConfigError(f"Unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}.")
 
 
@@ -363,8 +395,13 @@ def fit_resumable(
         live.step = len(earlier)
     # checkpoint.best after each epoch of this call, to tell whether the last one was saved
     bests = [checkpoint.best]
+    # With an EMA of the weights (the optimizer's ``use_ema``), validation, the checkpoint and
+    # the returned model all hold the average; the backup, saved before the swap, holds the
+    # training weights (and the average in the optimizer), so a resumed run continues both.
+    ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if _uses_ema(model) else []
     cbs = [
         keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
+        *ema,
         checkpoint,
         keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bests.append(checkpoint.best)),
         DVCLiveCallback(live=live),
@@ -390,6 +427,10 @@ def fit_resumable(
         # would rebuild the architecture (seconds for the big backbones) for nothing.
         model = keras.saving.load_model(best, safe_mode=True)
     return model, read_history(live_dir), seconds
+
+
+def _uses_ema(model) -> bool:
+    return bool(getattr(getattr(model, "optimizer", None), "use_ema", False))
 
 
 def completed_epochs(work_dir: Path) -> int:
@@ -425,7 +466,9 @@ def compiled_classifier(cfg: TrainConfig, total_steps: int, n_classes: int = 8, 
             cfg.conv_widths,
         )
     model.compile(
-        optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, total_steps),
+        optimizer=make_optimizer(
+            cfg.optimizer, cfg.learning_rate, total_steps, cfg.warmup_fraction, cfg.ema_momentum
+        ),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
         run_eagerly=cfg.run_eagerly,
