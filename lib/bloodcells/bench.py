@@ -358,6 +358,12 @@ def side_by_side(native: dict, capped: dict) -> str:
             a = native["decode_resize"][size]["images_per_second"]
             b = capped["decode_resize"][size]["images_per_second"]
             lines.append(f"| {size} | {_pair(a, b)} | {a / b:.2f}x |")
+        lines += [
+            "",
+            "Decoding and resizing (Pillow, all usable cores) does not use oneDNN: of the cap "
+            "only the cores count (`taskset`), and beyond them the two figures differ by the "
+            "disk cache (the first run may read the files cold) and the host's noise.",
+        ]
     theirs = {r["key"]: r for r in capped.get("families", [])}
     rows = [(r, theirs[r["key"]]) for r in native.get("families", []) if r["key"] in theirs]
     if rows:
