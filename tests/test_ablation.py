@@ -186,3 +186,16 @@ def test_the_report_says_when_the_profile_does_not_run_it():
     assert "Not run under profile `cpu`" in note and "profiles.overnight.ablation" in note
     body = ablation_report.summary(cpu, None)
     assert body == {"profile": "cpu", "run": False, "ablation": cpu["ablation"]}
+
+
+def test_the_metrics_file_holds_no_wall_clock_figure():
+    """metrics/ reproduces bit for bit (tests/test_dag.py): the minutes stay in the report."""
+    rng = np.random.default_rng(1)
+    runs = _runs(np.arange(800) % 8, {"base": [0.9, 0.91, 0.9], "x": [0.92, 0.93, 0.92]}, rng)
+    table = ablation_report.ablation_table(runs, n_bootstrap=100)
+    assert table.loc["x", "train minutes"] == 5.0
+    smoke = load_params(ROOT / "params.yaml", profile="smoke")
+    body = ablation_report.summary(smoke, table)
+    assert set(body["changes"]) == {"base", "x"}
+    assert not [k for e in body["changes"].values() for k in e if "minute" in k]
+    assert body["changes"]["x"]["val_accuracy_mean"] == table.loc["x", "val accuracy mean"]

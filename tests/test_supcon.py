@@ -1,6 +1,9 @@
-"""The SupCon loss against a NumPy reference, its invariances, and its gradients."""
+"""The SupCon loss against a NumPy reference, its invariances, and its gradients; the
+recipe's optimizers."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -60,3 +63,32 @@ def test_gradients_are_finite(temperature):
         value = SupConLoss(temperature)(REPEATED, z)
     grad = tape.gradient(value, z).numpy()
     assert np.isfinite(value.numpy()) and np.isfinite(grad).all() and np.abs(grad).sum() > 0
+
+
+def test_every_optimizer_of_the_recipe_gets_the_warmup_and_the_average(
+    built, sample_dir, tmp_path, monkeypatch
+):
+    """SupCon's three optimizers (pre-training, probe, cross-entropy control) all take the
+    entry's warm-up and EMA settings: none is silently left without them."""
+    import copy
+
+    from bloodcells import train
+    from bloodcells.config import load_params
+    from bloodcells.supcon import CONTROL, KEY, train_supcon
+    from tests.conftest import ROOT, mini_project
+
+    root = mini_project(tmp_path, built[0], sample_dir)
+    params = copy.deepcopy(load_params(ROOT / "params.yaml", profile="smoke"))
+    params["models"][KEY] |= {"warmup_fraction": 0.2, "ema_momentum": 0.5}
+    asked, make = [], train.make_optimizer
+
+    def recorded(name, rate, steps=None, warmup_fraction=0.0, ema_momentum=0.0):
+        asked.append((warmup_fraction, ema_momentum))
+        return make(name, rate, steps, warmup_fraction, ema_momentum)
+
+    monkeypatch.setattr(train, "make_optimizer", recorded)
+    train_supcon(params, root, verbose=0)
+    assert len(asked) >= 3 and set(asked) == {(0.2, 0.5)}
+    for variant in (KEY, CONTROL):
+        record = json.loads((root / "models" / KEY / variant / "run.json").read_text())
+        assert record["config"]["ema_momentum"] == 0.5

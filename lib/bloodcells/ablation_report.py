@@ -157,9 +157,15 @@ def conclusion(table: pd.DataFrame) -> str:
     return " ".join(lines)
 
 
+#: wall-clock columns: shown in the report, kept out of ``metrics/`` (whose files
+#: reproduce bit for bit; timings live in ``metrics/timings/``)
+WALL_CLOCK = ("train minutes",)
+
+
 def summary(params: dict, table: pd.DataFrame | None) -> dict:
     """``metrics/ablation.json``: the section and, when run, per change its validation
-    mean and sd, difference from the base, CI, seed sd, minutes and verdict."""
+    mean and sd, difference from the base, CI, seed sd and verdict (no wall-clock
+    figure: the minutes are in ``metrics/timings/train-ablation.json``)."""
     body: dict = {"profile": params["profile"], "run": is_run(params), SECTION: params[SECTION]}
     if table is None:
         return body
@@ -169,6 +175,7 @@ def summary(params: dict, table: pd.DataFrame | None) -> dict:
                 None if isinstance(v, float) and v != v else v
             )
             for k, v in row.items()
+            if k not in WALL_CLOCK
         }
         for change, row in table.to_dict("index").items()
     }

@@ -170,7 +170,9 @@ def train_supcon(
             encoder = build_encoder(cfg.family, cfg.image_size, cfg.weights, cfg.conv_widths)
             projector = with_projection_head(encoder, int(entry["projection_units"]))
             projector.compile(
-                optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate, steps),
+                optimizer=make_optimizer(
+                    cfg.optimizer, cfg.learning_rate, steps, cfg.warmup_fraction, cfg.ema_momentum
+                ),
                 loss=SupConLoss(float(entry["temperature"])),
                 run_eagerly=cfg.run_eagerly,
             )
