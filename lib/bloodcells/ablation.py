@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bloodcells.config import ParamsError
 from bloodcells.paths import project_root
+from bloodcells.seeds import OWN_RECIPES  # entries with a training path of their own
 
 SECTION = "ablation"
 STAGE = "train-ablation"
@@ -47,8 +48,6 @@ CHANGE_KEYS = (
     "augment",
     "balance",
 )
-#: models entries with a training path of their own: not a base for one-setting changes
-OWN_RECIPES = ("hybrid", "supcon")
 NAME = re.compile(r"^[a-z0-9_]+$")
 
 
