@@ -44,6 +44,8 @@ def test_a_mapping_empty_in_the_base_is_set_whole_by_a_profile(tmp_path):
     cpu = load_params(ROOT / "params.yaml", profile="cpu")
     assert cpu["ablation"]["changes"] == {}
     assert overnight["ablation"]["changes"]["ema"] == {"ema_momentum": 0.99}
+    alternating = overnight["ablation"]["changes"]["alternating_views"]
+    assert alternating == {"dihedral_views": "alternating"}
     path = write(tmp_path, lambda r: r["profiles"]["smoke"]["ablation"].update(seedz=[1]))
     with pytest.raises(ParamsError, match=r"Unknown params key 'ablation\.seedz'"):
         load_params(path, profile="smoke")

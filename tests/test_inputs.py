@@ -86,6 +86,56 @@ def test_a_resumed_dataset_continues_with_the_same_batches(train_split):
         np.testing.assert_array_equal(a[1], b[1])
 
 
+def view_of(original: np.ndarray, seen: np.ndarray) -> int:
+    """Which of the 8 dihedral views of ``original`` ``seen`` is (bit b: flip b)."""
+    for view in range(8):
+        if np.array_equal(numpy_dihedral(original, *((view >> b) & 1 for b in range(3))), seen):
+            return view
+    raise AssertionError("not a dihedral view of the image")
+
+
+def views_by_image(x: np.ndarray, ds, steps: int) -> list[list[int]]:
+    """Per epoch, the view each image of ``x`` was shown in (the sample's cells are distinct
+    and have no symmetry, so the pixels name the image and the view)."""
+    index = {fingerprint(img): i for i, img in enumerate(x)}
+    assert len(index) == len(x)
+    got, out = batches(ds), []
+    for start in range(0, len(got), steps):
+        seen = [None] * len(x)
+        for xb, _ in got[start : start + steps]:
+            for img in xb:
+                i = index[fingerprint(img)]
+                seen[i] = view_of(x[i], img)
+        out.append(seen)
+    return out
+
+
+def test_alternating_views_show_every_image_in_all_eight_views_over_eight_epochs(train_split):
+    x, y = train_split
+    steps = inputs.steps_per_epoch(len(x), 16)
+
+    def shown(views: str, seed: int = 2, epochs: int = 8, first_epoch: int = 0):
+        ds = inputs.make_dataset(x, y, 16, True, True, seed, 8, epochs, first_epoch, views)
+        return views_by_image(x, ds, steps)
+
+    alternating = shown("alternating")
+    for image in zip(*alternating, strict=True):
+        assert sorted(image) == list(range(8))  # each view once
+        assert all((b - a) % 8 == 1 for a, b in zip(image, image[1:], strict=False))
+    assert len(set(alternating[0])) > 4  # each image its own offset
+    # resumed at epoch 5, the same views; another seed, other offsets
+    assert shown("alternating", first_epoch=5) == alternating[5:]
+    assert shown("alternating", seed=3, epochs=1) != alternating[:1]
+    # random views (the default) repeat views within eight epochs for most images
+    fresh = shown("random")
+    repeats = sum(len(set(image)) < 8 for image in zip(*fresh, strict=True))
+    assert repeats > len(x) // 2
+    default = views_by_image(x, inputs.make_dataset(x, y, 16, True, True, 2, 8, 8), steps)
+    assert default == fresh
+    with pytest.raises(ValueError, match="views must be one of random, alternating; got 'x'"):
+        inputs.make_dataset(x, y, 16, True, True, 2, views="x")
+
+
 def test_evaluation_batches_are_in_order_and_complete(train_split):
     x, y = train_split
     got = batches(inputs.make_dataset(x, y, 32, shuffle=False))

@@ -45,6 +45,7 @@ def arrays(project):
         ({"ema_momentum": 1.0}, r"'models\.cnn\.ema_momentum' \(or 'train\.ema_momentum'\)"),
         ({"warmup_fraction": -0.1}, r"'models\.cnn\.warmup_fraction'.*in \[0, 1\); got -0\.1"),
         ({"ema_momentum": "high"}, r"'models\.cnn\.ema_momentum'.*got 'high'"),
+        ({"dihedral_views": "cyclic"}, r"'models\.cnn\.dihedral_views'.*'cyclic'; allowed: rand"),
         ({"graph_optimizer": "no"}, r"'train\.graph_optimizer' \(or 'models\.cnn\.graph_o"),
         ({"run_eagerly": 1}, r"'train\.run_eagerly' \(or 'models\.cnn\.run_eagerly'\)"),
     ],
@@ -126,6 +127,26 @@ def test_smote_sees_only_training_images(smoke_params, arrays, project, monkeypa
     assert not flat & others
     counts = np.bincount(y_tr)
     assert result.train_size == counts.max() * len(counts)  # oversampled to balance
+
+
+@pytest.mark.parametrize("views", ["random", "alternating"])
+def test_training_takes_the_configured_dihedral_views(
+    smoke_params, arrays, project, monkeypatch, views
+):
+    """The training batches are the input pipeline's for ``dihedral_views``; validation's
+    are never augmented."""
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append((args[3], args[4] if len(args) > 4 else False, kwargs.get("views")))
+        return make_dataset(*args, **kwargs)
+
+    make_dataset = train.make_dataset
+    monkeypatch.setattr(train, "make_dataset", spy)
+    (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
+    cfg = train.family_config(smoke_params, "cnn", epochs=1, dihedral_views=views)
+    train.train_model(cfg, x_tr, y_tr, x_val, y_val, project / views, project / "l", verbose=0)
+    assert asked == [(True, True, views), (False, False, None)]
 
 
 def test_train_step_is_traced_once(smoke_params, arrays, tmp_path, monkeypatch):

@@ -46,6 +46,7 @@ CHANGE_KEYS = (
     "image_size",
     "epochs",
     "augment",
+    "dihedral_views",
     "balance",
 )
 NAME = re.compile(r"^[a-z0-9_]+$")

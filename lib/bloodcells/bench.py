@@ -148,7 +148,9 @@ def bench_family(
     batch = cfg.batch_size * distribution_strategy().num_replicas_in_sync
     with distribution_strategy().scope():
         model = compiled_classifier(cfg, cfg.epochs * -(-len(x_tr) // batch))
-    pipeline = make_dataset(x_tr, y_tr, batch, True, cfg.augment, cfg.seed).repeat()
+    pipeline = make_dataset(
+        x_tr, y_tr, batch, True, cfg.augment, cfg.seed, views=cfg.dihedral_views
+    ).repeat()
     timed = pipeline_versus_memory(model, pipeline, steps, warmup)
     x_inf = np.asarray(x_val[: min(infer, len(x_val))])
     predict_proba(model, x_inf[:64])  # warm-up: trace the inference function

@@ -233,7 +233,7 @@ def calibrate(params: dict, run: Run, steps: int = 3, warmup: int = 1) -> dict:
     x = rng.integers(0, 256, (n, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
     y = np.arange(n) % 8
     model = compiled_classifier(cfg, 1000)
-    ds = make_dataset(x, y, batch, True, cfg.augment, cfg.seed).repeat()
+    ds = make_dataset(x, y, batch, True, cfg.augment, cfg.seed, views=cfg.dihedral_views).repeat()
     model.fit(ds, steps_per_epoch=warmup, epochs=1, shuffle=False, verbose=0)
     seconds = timed_fit(model, ds, steps)["seconds"]
     predict_proba(model, x[:batch])

@@ -3,9 +3,12 @@
 The cached arrays are copied into memory once (the largest split the default profile
 trains on, 96 px, is 264 MB; 224 px is 1.4 GB) and every batch is cut from them inside
 ``tf.data`` with a gather: no Python generator, no per-image NumPy work, no memory-map
-page faults on the training path. Augmentation (a random element of the dihedral group:
-flips and 90-degree turns, which leave a single-cell image a valid single-cell image) is
-three gathers per batch.
+page faults on the training path. Augmentation (an element of the dihedral group: flips
+and 90-degree turns, which leave a single-cell image a valid single-cell image) is three
+gathers per batch. Its :data:`VIEWS`: ``random`` draws each image's view afresh every epoch;
+``alternating`` gives image *i* view ``(o_i + epoch) mod 8`` from a random offset ``o_i``, so
+over any eight consecutive epochs every image is seen in each of its eight views once (the
+speed-run "alternating flip", over the whole group).
 
 The order of the training images and the augmentation of each are functions of
 ``(seed, epoch)`` alone (stateless random ops), so a run resumed at epoch *k* sees exactly
@@ -62,6 +65,26 @@ def epoch_coins(n: int, k: int, seed: int, epoch):
     return tf.random.stateless_uniform([n, k], seed=tf.stack([seed + salt, epoch]))
 
 
+#: how the training augmentation picks each image's dihedral view, epoch by epoch
+VIEWS = ("random", "alternating")
+
+
+def alternating_coins(n: int, seed: int, epoch):
+    """(n, 3) coins, by image index, that give image ``i`` the dihedral view
+    ``(o_i + epoch) mod 8`` (bit ``b`` of the view set means flip ``b`` of
+    :func:`dihedral_batch`), where ``o_i`` is uniform in 0..7 and a function of ``seed`` only:
+    any eight consecutive epochs show every image in all eight views, once each."""
+    import tensorflow as tf
+
+    salt = tf.constant(0xA17, tf.int32)
+    offsets = tf.random.stateless_uniform(
+        [n], seed=tf.stack([seed + salt, 0]), minval=0, maxval=8, dtype=tf.int32
+    )
+    view = tf.math.floormod(offsets + tf.cast(epoch, tf.int32), 8)
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(view[:, None], tf.range(3)), 1)
+    return tf.cast(1 - bits, tf.float32)  # a coin below 0.5 flips
+
+
 def jitter_batch(x, coins, strength: float = 0.2):
     """Random contrast and brightness per uint8 image; ``coins`` is (batch, 2) in [0, 1)."""
     import tensorflow as tf
@@ -81,15 +104,27 @@ def epoch_batches(
     first_epoch: int = 0,
     coins: int = 3,
     drop_remainder: bool = False,
+    views: str = "random",
 ):
     """``tf.data`` of (image indices, coins) per batch for epochs ``first_epoch .. epochs-1``,
-    each epoch a fresh stateless permutation, with its length declared."""
+    each epoch a fresh stateless permutation, with its length declared. ``views``
+    (:data:`VIEWS`): ``alternating`` gives each image's three coins by
+    :func:`alternating_coins` instead of fresh ones."""
     import tensorflow as tf
+
+    if views not in VIEWS:
+        raise ValueError(f"views must be one of {', '.join(VIEWS)}; got {views!r}.")
+    if views == "alternating" and coins != 3:
+        raise ValueError("alternating views take the dihedral group's 3 coins per image.")
 
     def one_epoch(epoch):
         epoch = tf.cast(epoch, tf.int32)
         order = epoch_permutation(n, seed, epoch)
-        slices = (order, epoch_coins(n, coins, seed, epoch))
+        if views == "alternating":  # the coins follow the image, not its position
+            picked = tf.gather(alternating_coins(n, seed, epoch), order)
+        else:
+            picked = epoch_coins(n, coins, seed, epoch)
+        slices = (order, picked)
         return tf.data.Dataset.from_tensor_slices(slices).batch(batch_size, drop_remainder)
 
     last = max(epochs, first_epoch + 1)
@@ -111,11 +146,13 @@ def make_dataset(
     n_classes: int = 8,
     epochs: int = 1,
     first_epoch: int = 0,
+    views: str = "random",
 ):
     """``tf.data`` batches of (uint8 images, one-hot float32 labels) from in-memory arrays.
 
     With ``shuffle`` the dataset holds epochs ``first_epoch .. epochs - 1`` back to back,
-    each a fresh permutation (and fresh augmentation when ``augment``); pass
+    each a fresh permutation (and, when ``augment``, each image in a dihedral view picked
+    as ``views`` says: :data:`VIEWS`); pass
     ``steps_per_epoch(len(x), batch_size)`` to ``fit``. Without it, one pass in order
     (validation, test, benchmarks). Labels come out one-hot, which label smoothing needs.
     """
@@ -140,7 +177,7 @@ def make_dataset(
         xb = tf.gather(images, idx)
         return (dihedral_batch(xb, coins < 0.5) if augment else xb), tf.gather(labels, idx)
 
-    ds = epoch_batches(n, batch_size, seed, epochs, first_epoch)
+    ds = epoch_batches(n, batch_size, seed, epochs, first_epoch, views=views)
     return ds.map(gather, num_parallel_calls=2).prefetch(2)
 
 

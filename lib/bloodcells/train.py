@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells.config import BALANCE, OPTIMIZERS
-from bloodcells.inputs import make_dataset, steps_per_epoch
+from bloodcells.inputs import VIEWS, make_dataset, steps_per_epoch
 from bloodcells.models import (
     ModelConfigError,
     check_size,
@@ -47,6 +47,9 @@ class TrainConfig:
     frozen_fraction: float = 0.0
     balance: str = "class_weight"
     augment: bool = True
+    # how augmentation picks each image's view every epoch (bloodcells.inputs.VIEWS): fresh
+    # at random, or alternating through all eight over any eight epochs
+    dihedral_views: str = "random"
     label_smoothing: float = 0.0
     # the weights validated, saved and returned are an exponential moving average of the
     # training weights with this momentum (the optimizer's ``use_ema``); 0 = off
@@ -99,6 +102,11 @@ class TrainConfig:
                     f"Params key 'train.{flag}' (or '{key}.{flag}') must be true or false; "
                     f"got {getattr(self, flag)!r}."
                 )
+        if self.dihedral_views not in VIEWS:
+            raise ModelConfigError(
+                f"Params key '{key}.dihedral_views' (or 'train.dihedral_views') is "
+                f"{self.dihedral_views!r}; allowed: {', '.join(VIEWS)}."
+            )
         for name in ("label_smoothing", "ema_momentum", "warmup_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -537,6 +545,7 @@ def train_model(
         n_classes,
         epochs=cfg.epochs,
         first_epoch=completed_epochs(work_dir),
+        views=cfg.dihedral_views,
     )
     val_ds = make_dataset(x_val, y_val, max(batch_size, 128), False, n_classes=n_classes)
     clock = training_clock()
