@@ -256,3 +256,25 @@ def test_smote_growth_is_what_smote_does_to_the_samples_training_split(built):
     _, grown = SMOTE(k_neighbors=1, random_state=0).fit_resample(x, y)
     assert len(grown) / len(y) == pytest.approx(estimate.smote_growth(counts))
     assert round(estimate.SMOTE_GROWTH, 3) == 1.558  # 8 x 3,329 / 17,092
+
+
+def test_a_training_stage_command_times_its_work_into_its_timings_file(
+    tmp_path, monkeypatch, capsys
+):
+    """``timing.timed_stage``, the shared body of the study stages' commands."""
+    from bloodcells.timing import timed_stage
+
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.setenv("BLOODCELLS_ROOT", str(tmp_path))
+    result, minutes = timed_stage(
+        [], "Train a study.\nMore.", "study", lambda p: {"profile": p["profile"]}, metrics=True
+    )
+    assert result == {"profile": load_params(ROOT / "params.yaml")["profile"]} and minutes >= 0
+    assert json.loads((tmp_path / "metrics/study.json").read_text()) == result
+    stage = json.loads((tmp_path / "metrics/timings/train-study.json").read_text())["stage"]
+    assert stage["seconds"] >= 0 and stage["peak_rss_mib"] > 0
+    with pytest.raises(SystemExit):
+        timed_stage(["--help"], "Train a study.\nMore.", "study", lambda p: 1 / 0)
+    assert "Train a study." in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # a study stage takes no options
+        timed_stage(["--fast"], "Train a study.", "study", lambda p: 1 / 0)

@@ -11,7 +11,6 @@ metrics file ``metrics/cross_validation.json``; notebook 14 reports it.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,7 @@ from bloodcells.experiment import (
     training_key,
 )
 from bloodcells.inference import predict_proba
-from bloodcells.paths import manifest_path, project_root, resolve, write_json
-from bloodcells.timing import record_stage_time
+from bloodcells.paths import manifest_path, project_root, resolve
 
 SECTION = "cross_validation"
 
@@ -124,15 +122,9 @@ def cross_validate(params: dict, root: Path | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from bloodcells.timing import timed_stage
 
-    from bloodcells.config import load_params
-
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    t0 = time.perf_counter()
-    result = cross_validate(load_params())
-    write_json(resolve(Path("metrics") / f"{SECTION}.json"), result)
-    record_stage_time(f"train-{SECTION}", time.perf_counter() - t0)
+    result, _ = timed_stage(argv, __doc__, SECTION, cross_validate, metrics=True)
     print(
         f"cross-validation: {len(result['folds'])} folds, accuracy "
         f"{100 * result['accuracy_mean']:.2f} ± {100 * result['accuracy_sd']:.2f}%"

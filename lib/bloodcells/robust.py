@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -215,22 +214,17 @@ def hashed(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from bloodcells.timing import timed_stage
 
-    from bloodcells.config import load_params
-    from bloodcells.timing import record_stage_time
+    def work(params: dict) -> tuple[list, pd.DataFrame]:
+        check_params(params.get(SECTION), params["models"])
+        records = train_remedies(params)
+        return records, shift_scores(params, records)
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
-    params = load_params()
-    check_params(params.get(SECTION), params["models"])
-    t0 = time.perf_counter()
-    records = train_remedies(params)
-    scores = shift_scores(params, records)
-    record_stage_time("train-robust", time.perf_counter() - t0)
+    (records, scores), minutes = timed_stage(argv, __doc__, "robust", work)
     print(
         f"train-robust: {len(records)} runs, {len(scores)} scored cases in models/robust/ "
-        f"({math.ceil((time.perf_counter() - t0) / 60)} min)"
+        f"({math.ceil(minutes)} min)"
     )
     return 0
 

@@ -23,7 +23,6 @@ editing it retrains nothing.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from bloodcells.config import ParamsError
@@ -132,18 +131,13 @@ def train_planned(key: str, planned: list[dict], config_of, root: Path, verbose:
 def study_main(argv: list[str] | None, doc: str, stage: str, key: str, check, train) -> int:
     """The command of a study's training stage: ``check(params)``, then ``train(params)``
     (the plan) timed into ``metrics/timings/train-<key>.json``, and one line said."""
-    import argparse
+    from bloodcells.timing import timed_stage
 
-    from bloodcells.config import load_params
-    from bloodcells.timing import record_stage_time
+    def work(params: dict) -> list[dict]:
+        check(params)
+        return train(params)
 
-    argparse.ArgumentParser(description=doc.splitlines()[0]).parse_args(argv)
-    params = load_params()
-    check(params)
-    t0 = time.perf_counter()
-    planned = train(params)
-    record_stage_time(f"train-{key}", time.perf_counter() - t0)
-    minutes = (time.perf_counter() - t0) / 60
+    planned, minutes = timed_stage(argv, doc, key, work)
     print(f"{stage}: {len(planned)} runs in models/{key}/ in {minutes:.1f} min")
     return 0
 
@@ -217,22 +211,17 @@ def train_seeds(params: dict, root: Path | None = None, verbose: int = 2) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from bloodcells.timing import timed_stage
 
-    from bloodcells.config import load_params
-    from bloodcells.timing import record_stage_time
+    def work(params: dict) -> list[dict]:
+        check_params(params.get(SECTION), params["models"])
+        return train_seeds(params)
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
-    params = load_params()
-    check_params(params.get(SECTION), params["models"])
-    t0 = time.perf_counter()
-    planned = train_seeds(params)
-    record_stage_time(f"train-{SECTION_KEY}", time.perf_counter() - t0)
+    planned, minutes = timed_stage(argv, __doc__, SECTION_KEY, work)
     trained = sum(r["key"] == SECTION_KEY for r in planned)
     print(
         f"train-seeds: {len(planned)} runs ({trained} in models/{SECTION_KEY}/, the rest the "
-        f"families' own) in {(time.perf_counter() - t0) / 60:.1f} min"
+        f"families' own) in {minutes:.1f} min"
     )
     return 0
 

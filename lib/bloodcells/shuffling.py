@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +38,7 @@ from bloodcells.experiment import (
     training_key,
 )
 from bloodcells.inference import predict_proba
-from bloodcells.paths import manifest_path, project_root, resolve, write_json
-from bloodcells.timing import record_stage_time
+from bloodcells.paths import manifest_path, project_root, resolve
 
 SECTION = "shuffling"
 CONDITIONS = ("without", "with")
@@ -184,15 +182,9 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from bloodcells.timing import timed_stage
 
-    from bloodcells.config import load_params
-
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
-    t0 = time.perf_counter()
-    result = run_study(load_params())
-    write_json(resolve(Path("metrics") / f"{SECTION}.json"), result)
-    record_stage_time(f"train-{SECTION}", time.perf_counter() - t0)
+    result, _ = timed_stage(argv, __doc__, SECTION, run_study, metrics=True)
     g = result["gap"]
     print(
         f"shuffling: {len(result['runs'])} runs, gap (with - without) "

@@ -67,6 +67,28 @@ def record_stage_time(name: str, seconds: float, root: Path | None = None) -> Pa
     )
 
 
+def timed_stage(
+    argv: list[str] | None, doc: str, name: str, work, metrics: bool = False
+) -> tuple[object, float]:
+    """A training stage's command: no options (``--help`` prints the first line of ``doc``),
+    then ``work(params)`` on the active params, its wall time recorded as
+    ``metrics/timings/train-<name>.json`` and, with ``metrics``, its result (a mapping) as
+    the stage's metrics, ``metrics/<name>.json``. Returns the result and the minutes."""
+    import argparse
+
+    from bloodcells.config import load_params
+
+    argparse.ArgumentParser(description=doc.splitlines()[0]).parse_args(argv)
+    params = load_params()
+    t0 = time.perf_counter()
+    result = work(params)
+    if metrics:
+        write_json(project_root() / "metrics" / f"{name}.json", result)
+    seconds = time.perf_counter() - t0
+    record_stage_time(f"train-{name}", seconds)
+    return result, seconds / 60
+
+
 def git_output(*args: str) -> str:
     try:
         return subprocess.run(
