@@ -34,6 +34,9 @@ def test_bench_measures_and_collects(tmp_path, built, sample_dir):
     # the pipeline costs something, and far less than the step it feeds
     assert 0 < fam["input_cpu_share"] < 0.5 and 0 <= fam["kernel_cpu_share"] < 1
     assert fam["in_memory_images_per_second"] > 0
+    low, high = fam["pipeline_overhead_range"]  # each round's own ratio, lowest to highest
+    assert low <= high and fam["pipeline_startup_steps"] > 0
+    assert f"rounds {100 * low:+.0f} to {100 * high:+.0f}%" in bench.markdown(out)
     st = out["stage_times"]
     assert st["total_seconds"] == 80.0 and {s["stage"] for s in st["stages"]} == {
         "02_cnn",

@@ -133,6 +133,10 @@ def pipeline_versus_memory(model, pipeline, steps: int, warmup: int, rounds: int
         "input_cpu_share": input_cpu / step_cpu if step_cpu else 0.0,
         "kernel_cpu_share": max(p["kernel"] for p in piped),
         "pipeline_startup": min(p["startup"] for p in piped),
+        # each round's own ratio: how far apart single measurements fall on this host
+        "round_overheads": [
+            p["seconds"] / m["seconds"] - 1 for m, p in zip(memory, piped, strict=True)
+        ],
     }
 
 
@@ -190,6 +194,10 @@ def bench_family(
         "input_cpu_share": round(timed["input_cpu_share"], 4),
         "kernel_cpu_share": round(timed["kernel_cpu_share"], 3),
         "pipeline_startup_steps": round(timed["pipeline_startup"], 1),
+        "pipeline_overhead_range": [
+            round(min(timed["round_overheads"]), 3),
+            round(max(timed["round_overheads"]), 3),
+        ],
         "inference_images_per_second": round(infer_ips, 1),
         "parameter_count": int(model.count_params()),
         "epoch_minutes_estimate": round(len(x_tr) / train_ips / 60, 2),
@@ -242,6 +250,12 @@ def _fmt(value, digits: int = 1) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
 
+def _range(r: dict) -> str:
+    """The single rounds' wall overheads, lowest to highest (absent in older benches)."""
+    low, high = r.get("pipeline_overhead_range") or (None, None)
+    return "-" if low is None else f"rounds {100 * low:+.0f} to {100 * high:+.0f}%"
+
+
 def markdown(out: dict) -> str:
     """The benchmark as markdown tables."""
     m = out["machine"]
@@ -271,7 +285,8 @@ def markdown(out: dict) -> str:
                 f"| {r['key']} | {r['image_size']} | {r['batch_size']} | "
                 f"{_fmt(r['train_images_per_second'])} | {_fmt(r['in_memory_images_per_second'])} "
                 f"| {100 * r['input_cpu_share']:.1f}% "
-                f"| {100 * r['pipeline_overhead']:.1f}% | {100 * r['kernel_cpu_share']:.1f}% "
+                f"| {100 * r['pipeline_overhead']:.1f}% ({_range(r)}) "
+                f"| {100 * r['kernel_cpu_share']:.1f}% "
                 f"| {_fmt(r['epoch_minutes_estimate'], 2)} "
                 f"| {_fmt(r['inference_images_per_second'])} | {r['parameter_count']:,} |"
             )
@@ -282,8 +297,9 @@ def markdown(out: dict) -> str:
             "from training. Wall overhead: seconds per step through the pipeline over seconds "
             "per step on in-memory batches, minus 1, in steady state: each timed `fit` starts "
             "its clock when its first step ends, since training creates its iterator once a "
-            "run (best of 3 alternating rounds; noisy on a shared host). Kernel CPU: system "
-            "time over the process's CPU time while training through the pipeline.",
+            "run (best of 3 alternating rounds, each round's own ratio in brackets: on a shared "
+            "host single rounds swing by tens of points, so trust the CPU share). Kernel CPU: "
+            "system time over the process's CPU time while training through the pipeline.",
         ]
     if out.get("runs"):
         lines += ["", "## Trained models of the last `dvc repro` (as recorded)", ""]
