@@ -32,7 +32,6 @@ planned.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -149,14 +148,9 @@ def prune_runs(root: Path, keep: set[str]) -> list[str]:
     """Remove the run folders of ``models/robust/`` and ``dvclive/robust/`` that are not in
     ``keep`` (a remedy or seed dropped from the section): the stage's outputs persist
     between runs, and hold exactly the planned runs. Returns the names removed."""
-    removed = set()
-    for top in ("models", "dvclive"):
-        folder = resolve(Path(top) / SECTION_KEY, root)
-        for child in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if child.is_dir() and child.name not in keep:
-                shutil.rmtree(child)
-                removed.add(child.name)
-    return sorted(removed)
+    from bloodcells.seeds import prune_runs as prune_study_runs
+
+    return prune_study_runs(SECTION_KEY, keep, root)
 
 
 def shift_scores(params: dict, records: list[dict], root: Path | None = None) -> pd.DataFrame:
@@ -221,9 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         records = train_remedies(params)
         return records, shift_scores(params, records)
 
-    (records, scores), minutes = timed_stage(argv, __doc__, "robust", work)
+    (records, scores), minutes = timed_stage(argv, __doc__, SECTION_KEY, work)
     print(
-        f"train-robust: {len(records)} runs, {len(scores)} scored cases in models/robust/ "
+        f"train-robust: {len(records)} runs, {len(scores)} scored cases in models/{SECTION_KEY}/ "
         f"({math.ceil(minutes)} min)"
     )
     return 0
