@@ -39,6 +39,10 @@ def overnight():
             r"'models\.cnn\.ema_momentum'.*got 1\.5\. \(from 'ablation\.changes\.x'\)",
         ),
         (
+            {"changes": {"x": {"whitening": 5}}},
+            r"'models\.cnn\.whitening'.*is 5; allowed.*\(from 'ablation\.changes\.x'\)",
+        ),
+        (
             {"changes": {"x": {"conv_widths": [8] * 7}}},
             r"conv_widths.*\(from 'ablation\.changes\.x'\)",
         ),

@@ -46,6 +46,7 @@ def test_a_mapping_empty_in_the_base_is_set_whole_by_a_profile(tmp_path):
     assert overnight["ablation"]["changes"]["ema"] == {"ema_momentum": 0.99}
     alternating = overnight["ablation"]["changes"]["alternating_views"]
     assert alternating == {"dihedral_views": "alternating"}
+    assert overnight["ablation"]["changes"]["whitening_stem"] == {"whitening": 2}
     path = write(tmp_path, lambda r: r["profiles"]["smoke"]["ablation"].update(seedz=[1]))
     with pytest.raises(ParamsError, match=r"Unknown params key 'ablation\.seedz'"):
         load_params(path, profile="smoke")

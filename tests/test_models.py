@@ -165,3 +165,56 @@ def test_every_from_scratch_batchnorm_gets_the_study_momentum():
     }
     for name, model in built.items():
         assert momenta(model) == {models.BN_MOMENTUM}, name
+
+
+@pytest.fixture(scope="module")
+def sample_images(tmp_path_factory, built, sample_dir) -> np.ndarray:
+    from bloodcells import experiment
+    from tests.conftest import mini_project
+
+    root = mini_project(tmp_path_factory.mktemp("whiten"), built[0], sample_dir)
+    return np.asarray(experiment.load_splits(32, root)["train"][0])
+
+
+@pytest.mark.parametrize("patch", models.WHITENING_PATCHES)
+def test_the_whitening_stem_decorrelates_the_patches_of_real_images(sample_images, patch):
+    """On the sample's real cells, every patch through the stem's first half comes out
+    with zero mean and covariance diag(v / (v + eps)) over the patch covariance's
+    eigenvalues v: decorrelated, and of unit variance wherever the data varies; the second
+    half is its negative."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    eps = 5e-4
+    kernel, bias = models.whitening_filters(sample_images, patch, eps=eps)
+    dims = patch * patch * 3
+    assert kernel.shape == (patch, patch, 3, 2 * dims) and bias.shape == (2 * dims,)
+    x = sample_images.astype(np.float64) / 255.0
+    p = sliding_window_view(x, (patch, patch), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+    p = p.reshape(-1, dims)
+    out = p @ kernel.reshape(dims, 2 * dims).astype(np.float64) + bias
+    np.testing.assert_allclose(out[:, dims:], -out[:, :dims], atol=1e-6)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    values = np.sort(np.linalg.eigvalsh(np.cov(p, rowvar=False, bias=True)))[::-1]
+    expected = np.diag(values / (values + eps))
+    np.testing.assert_allclose(np.cov(out[:, :dims], rowvar=False, bias=True), expected, atol=2e-3)
+    assert expected[0, 0] > 0.99  # the strongest directions come out at unit variance
+
+
+def test_the_whitening_stem_is_a_frozen_first_layer_and_bn_may_drop_its_scale(sample_images):
+    """A CNN built with a stem runs it first, frozen; a training step moves the blocks but
+    not the stem, and ``bn_scale=False`` leaves every BatchNorm a bias only."""
+    opts = models.CnnOptions(bn_momentum=0.6, bn_scale=False, whitening=2)
+    model = build_model("cnn", 32, dense_units=8, conv_widths=(8, 16), cnn=opts)
+    backbone = model.get_layer("cnn_backbone")
+    assert backbone.layers[1].name == models.WHITEN and backbone.output_shape == (None, 8, 8, 16)
+    models.fit_whitening(model, sample_images)
+    stem = [w.numpy().copy() for w in backbone.get_layer(models.WHITEN).weights]
+    block = backbone.get_layer("block1_conv1").kernel.numpy().copy()
+    model.compile("adam", "categorical_crossentropy", run_eagerly=True)
+    model.train_on_batch(sample_images[:8], np.eye(8, dtype=np.float32)[np.arange(8)])
+    for before, after in zip(stem, backbone.get_layer(models.WHITEN).weights, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())
+    assert not np.allclose(block, backbone.get_layer("block1_conv1").kernel.numpy())
+    norms = [b for b in backbone.layers if isinstance(b, keras.layers.BatchNormalization)]
+    assert {b.momentum for b in norms} == {0.6}
+    assert all(b.gamma is None and b.beta is not None for b in norms)

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from bloodcells import experiment, preprocess, train
+from bloodcells import experiment, models, preprocess, train
 from bloodcells.config import load_params
 from bloodcells.models import ModelConfigError
 from tests.conftest import ROOT, mini_project
@@ -48,6 +48,10 @@ def arrays(project):
         ({"dihedral_views": "cyclic"}, r"'models\.cnn\.dihedral_views'.*'cyclic'; allowed: rand"),
         ({"graph_optimizer": "no"}, r"'train\.graph_optimizer' \(or 'models\.cnn\.graph_o"),
         ({"run_eagerly": 1}, r"'train\.run_eagerly' \(or 'models\.cnn\.run_eagerly'\)"),
+        ({"bn_momentum": 1.0}, r"'models\.cnn\.bn_momentum'.*in \(0, 1\); got 1\.0"),
+        ({"bn_scale": "no"}, r"'train\.bn_scale' \(or 'models\.cnn\.bn_scale'\)"),
+        ({"whitening": 4}, r"'models\.cnn\.whitening'.*is 4; allowed: 0 \(no stem\) or .*2 or 3"),
+        ({"whitening": True}, r"'models\.cnn\.whitening'.*is True"),
     ],
 )
 def test_bad_settings_name_the_key(smoke_params, change, message):
@@ -91,6 +95,48 @@ def test_run_eagerly_follows_the_config(smoke_params, eager):
 def test_conv_widths_belong_to_the_cnn_only(smoke_params):
     with pytest.raises(ModelConfigError, match=r"'models\.vgg16\.conv_widths' applies to the cnn"):
         train.family_config(smoke_params, "vgg16", conv_widths=[16, 32])
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("bn_momentum", 0.6), ("bn_scale", False), ("whitening", 2)]
+)
+def test_cnn_options_belong_to_the_cnn_only(smoke_params, setting, value):
+    with pytest.raises(ModelConfigError, match=rf"'models\.vgg16\.{setting}' applies to the cnn"):
+        train.family_config(smoke_params, "vgg16", **{setting: value})
+
+
+def test_a_whitening_stem_is_fitted_on_the_training_images_and_stays_frozen(
+    smoke_params, arrays, tmp_path
+):
+    """``whitening`` builds the stem, ``train_model`` sets it from the images it trains on
+    (not the validation ones), training leaves it as set, ``bn_scale: false`` leaves the
+    BatchNorm layers a bias only, and the saved model carries the stem."""
+    from bloodcells.models import WHITEN, find_layer, load_saved, save_for_inference
+
+    (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
+    cfg = train.family_config(smoke_params, "cnn", epochs=1, whitening=2, bn_scale=False)
+    result = train.train_model(
+        cfg, x_tr, y_tr, x_val, y_val, tmp_path / "w", tmp_path / "l", verbose=0
+    )
+    kernel, bias = models.whitening_filters(x_tr, 2)
+    stem = find_layer(result.model, WHITEN)
+    assert stem.kernel.shape == (2, 2, 3, 24) and not stem.trainable
+    np.testing.assert_allclose(stem.kernel.numpy(), kernel, rtol=1e-6)
+    np.testing.assert_allclose(stem.bias.numpy(), bias, rtol=1e-6)
+    other, _ = models.whitening_filters(x_val, 2)
+    assert not np.allclose(other, kernel, atol=1e-3)  # the data matters: the fit is not generic
+    norms = [b for b in result.model.get_layer("cnn_backbone").layers
+             if isinstance(b, keras.layers.BatchNormalization)]  # fmt: skip
+    assert norms and all(b.gamma is None and b.beta is not None for b in norms)  # bias only
+    save_for_inference(result.model, tmp_path / "m.keras")
+    loaded = find_layer(load_saved(tmp_path / "m.keras"), WHITEN)
+    np.testing.assert_array_equal(loaded.kernel.numpy(), stem.kernel.numpy())
+
+
+def test_a_stem_needs_a_model_built_with_it(smoke_params, arrays):
+    model = models.build_model("cnn", 32, conv_widths=[8, 16])
+    with pytest.raises(ModelConfigError, match="no 'whiten' layer: build it with 'whitening'"):
+        models.fit_whitening(model, arrays["train"][0])
 
 
 def test_unknown_family_names_the_key(smoke_params):

@@ -245,7 +245,7 @@ def _calibration_key(params: dict, run: Run, machine: str) -> str:
     cfg = run.config(params)
     text = json.dumps(
         [machine, cfg.family, cfg.image_size, cfg.conv_widths, cfg.dense_units,
-         cfg.batch_size, cfg.optimizer],
+         cfg.batch_size, cfg.optimizer, cfg.whitening],  # the stem's 24-54 channels cost
         default=str,
     )  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]

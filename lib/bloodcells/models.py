@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from bloodcells.config import WEIGHTS
@@ -27,6 +28,18 @@ BN_MOMENTUM = 0.9
 
 class ModelConfigError(ValueError):
     """A model setting is invalid; the message names the params key."""
+
+
+@dataclass(frozen=True)
+class CnnOptions:
+    """The study's CNN beyond its widths (the speed runs' tweaks, issue 14): its
+    BatchNorm layers' ``bn_momentum`` and whether they learn a scale (``bn_scale``; False:
+    fixed at 1, a bias only), and ``whitening``, the patch size of a frozen patch-whitening
+    stem (0: none; :func:`fit_whitening` sets it from the training images)."""
+
+    bn_momentum: float = BN_MOMENTUM
+    bn_scale: bool = True
+    whitening: int = 0
 
 
 @keras.saving.register_keras_serializable(package="bloodcells")
@@ -166,12 +179,78 @@ def _imagenet_backbone(family: Family, image_size: int):
         ) from exc
 
 
-def conv_block(x, filters: int, name: str):
+def conv_block(x, filters: int, name: str, bn_momentum: float = BN_MOMENTUM, bn_scale: bool = True):
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, scale=bn_scale, name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
     return x
+
+
+#: the frozen patch-whitening stem's layer (:func:`fit_whitening` sets its weights)
+WHITEN = "whiten"
+#: patch sizes a whitening stem may have (2: 12 dimensions, 24 channels; 3: 27, 54)
+WHITENING_PATCHES = (2, 3)
+
+
+def whitening_filters(
+    images: np.ndarray, patch: int, eps: float = 5e-4, max_images: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel and bias of a frozen patch-whitening convolution (the speed runs' stem,
+    e.g. Keller Jordan's airbench): the eigenvectors of the covariance of every
+    ``patch`` x ``patch`` RGB patch of ``images`` (uint8, scaled to [0, 1] as the CNN's
+    input is), each divided by the square root of its eigenvalue (+ ``eps``), and their
+    negatives, so the outputs are decorrelated, of unit variance and zero mean (the bias
+    removes the patches' mean). Kernel ``(patch, patch, 3, 2 * patch * patch * 3)``,
+    largest eigenvalue first. At most ``max_images`` images, evenly spaced (deterministic)."""
+    if patch not in WHITENING_PATCHES:
+        raise ModelConfigError(
+            f"A whitening patch must be one of {WHITENING_PATCHES}; got {patch}."
+        )
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    dims = patch * patch * 3
+    pick = np.unique(np.linspace(0, len(images) - 1, min(len(images), max_images)).astype(int))
+    total, outer, count = np.zeros(dims), np.zeros((dims, dims)), 0
+    for chunk in np.array_split(pick, max(1, len(pick) // 64)):
+        x = images[chunk].astype(np.float32) / 255.0
+        # (n, rows, cols, 3, patch, patch) -> rows of (patch_row, patch_col, channel): the
+        # order of a Keras kernel's first three axes
+        p = sliding_window_view(x, (patch, patch), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)
+        p = p.reshape(-1, dims).astype(np.float64)
+        total += p.sum(axis=0)
+        outer += p.T @ p
+        count += len(p)
+    mean = total / count
+    values, vectors = np.linalg.eigh(outer / count - np.outer(mean, mean))
+    order = np.argsort(values)[::-1]
+    scaled = vectors[:, order] / np.sqrt(np.maximum(values[order], 0.0) + eps)
+    weights = np.concatenate([scaled, -scaled], axis=1)
+    kernel = weights.reshape(patch, patch, 3, 2 * dims).astype(np.float32)
+    return kernel, (-mean @ weights).astype(np.float32)
+
+
+def find_layer(model: keras.Model, name: str):
+    """Layer ``name`` in ``model`` or in any model nested in it; None when absent."""
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            found = find_layer(layer, name)
+            if found is not None:
+                return found
+    return None
+
+
+def fit_whitening(model: keras.Model, images: np.ndarray) -> None:
+    """Set the whitening stem of ``model`` (a CNN built with ``whitening``) from the
+    training ``images``; it stays frozen while the rest trains."""
+    layer = find_layer(model, WHITEN)
+    if layer is None:
+        raise ModelConfigError(
+            f"Model {model.name!r} has no '{WHITEN}' layer: build it with 'whitening' set."
+        )
+    layer.set_weights(list(whitening_filters(images, layer.kernel_size[0])))
 
 
 CNN_WIDTHS = (32, 64, 128, 256)
@@ -196,10 +275,20 @@ def check_widths(widths, image_size: int, key: str = "conv_widths") -> tuple[int
     return tuple(widths)
 
 
-def _cnn_features(x, widths=CNN_WIDTHS):
-    """The baseline sequential CNN: conv blocks, each followed by max pooling."""
+def _cnn_features(
+    x,
+    widths=CNN_WIDTHS,
+    bn_momentum: float = BN_MOMENTUM,
+    bn_scale: bool = True,
+    whitening: int = 0,
+):
+    """The baseline sequential CNN: conv blocks, each followed by max pooling; with
+    ``whitening`` (a patch size), a frozen patch-whitening convolution before them."""
+    if whitening:
+        channels = 2 * whitening * whitening * 3
+        x = layers.Conv2D(channels, whitening, padding="same", trainable=False, name=WHITEN)(x)
     for i, w in enumerate(widths):
-        x = conv_block(x, w, f"block{i + 1}")
+        x = conv_block(x, w, f"block{i + 1}", bn_momentum, bn_scale)
         x = layers.MaxPooling2D(name=f"block{i + 1}_pool")(x)
     return x
 
@@ -220,18 +309,25 @@ def _unet_features(x, widths=(32, 64, 128), bottleneck: int = 256):
 
 
 def build_backbone(
-    family: Family, image_size: int, weights: str, conv_widths: Sequence[int] | None = None
+    family: Family,
+    image_size: int,
+    weights: str,
+    conv_widths: Sequence[int] | None = None,
+    cnn: CnnOptions | None = None,
 ) -> keras.Model:
     """The feature extractor of a family, taking preprocessed float input.
 
-    ``conv_widths`` sets the CNN's filters per block (default :data:`CNN_WIDTHS`). Built
-    from scratch, every BatchNormalization layer gets :data:`BN_MOMENTUM`, whichever model
-    (classifier, SupCon encoder, hybrid branch) the backbone goes into.
+    ``conv_widths`` sets the CNN's filters per block (default :data:`CNN_WIDTHS`), ``cnn``
+    its BatchNorm and stem (:class:`CnnOptions`). Built from scratch, every
+    BatchNormalization layer gets :data:`BN_MOMENTUM` (the CNN's: ``cnn.bn_momentum``),
+    whichever model (classifier, SupCon encoder, hybrid branch) the backbone goes into.
     """
     inputs = keras.Input((image_size, image_size, 3), name="scaled")
     if family.name == "cnn":
         widths = check_widths(conv_widths or CNN_WIDTHS, image_size)
-        return keras.Model(inputs, _cnn_features(inputs, widths), name="cnn_backbone")
+        opts = cnn or CnnOptions()
+        features = _cnn_features(inputs, widths, opts.bn_momentum, opts.bn_scale, opts.whitening)
+        return keras.Model(inputs, features, name="cnn_backbone")
     if family.name == "unet":
         return keras.Model(inputs, _unet_features(inputs), name="unet_backbone")
     if weights == "imagenet":
@@ -261,13 +357,15 @@ def build_model(
     dropout: float = 0.5,
     frozen_fraction: float = 0.0,
     conv_widths: Sequence[int] | None = None,
+    cnn: CnnOptions | None = None,
 ) -> keras.Model:
     """Build a classifier of ``family`` for ``image_size`` px RGB input and ``n_classes``.
 
     The head is global average pooling, ``Dense(dense_units, relu)`` (skipped when 0),
     ``Dropout(dropout)`` and a softmax layer. ``frozen_fraction`` freezes that share of the
     backbone's first layers (the paper's partially frozen MobileNet-V2). ``conv_widths``
-    sets the CNN's filters per block (one 2x pooling each); other families ignore it.
+    sets the CNN's filters per block (one 2x pooling each) and ``cnn`` its BatchNorm and
+    stem; other families ignore both.
     """
     fam = get_family(family)
     check_size(fam, image_size)
@@ -280,7 +378,7 @@ def build_model(
         )
     inputs = keras.Input((image_size, image_size, 3), name="pixels")
     x = Preprocess(fam.preprocess, name="preprocess")(inputs)
-    backbone = build_backbone(fam, image_size, weights, conv_widths)
+    backbone = build_backbone(fam, image_size, weights, conv_widths, cnn)
     if frozen_fraction:
         freeze_fraction(backbone, frozen_fraction)
     x = backbone(x)

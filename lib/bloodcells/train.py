@@ -21,10 +21,14 @@ import numpy as np
 from bloodcells.config import BALANCE, OPTIMIZERS
 from bloodcells.inputs import VIEWS, make_dataset, steps_per_epoch
 from bloodcells.models import (
+    BN_MOMENTUM,
+    WHITENING_PATCHES,
+    CnnOptions,
     ModelConfigError,
     check_size,
     check_weights,
     check_widths,
+    fit_whitening,
     get_family,
 )
 
@@ -58,6 +62,11 @@ class TrainConfig:
     # before the cosine decay: a one-cycle schedule; 0 = cosine decay from the first step
     warmup_fraction: float = 0.0
     conv_widths: list | None = None  # the CNN's filters per block; None = models.CNN_WIDTHS
+    # the CNN's BatchNorm: the moving statistics' momentum, and whether it learns a scale
+    bn_momentum: float = BN_MOMENTUM
+    bn_scale: bool = True
+    # the CNN's frozen patch-whitening stem: its patch size (models.WHITENING_PATCHES), 0 = none
+    whitening: int = 0
     seed: int = 42
     deterministic: bool = True
     graph_optimizer: bool = True
@@ -96,7 +105,8 @@ class TrainConfig:
                     f"{self.family} has a fixed architecture. Remove the key."
                 )
             check_widths(self.conv_widths, self.image_size, f"{key}.conv_widths")
-        for flag in ("deterministic", "graph_optimizer", "run_eagerly", "augment"):
+        self._validate_cnn_options(key)
+        for flag in ("deterministic", "graph_optimizer", "run_eagerly", "augment", "bn_scale"):
             if not isinstance(getattr(self, flag), bool):
                 raise ModelConfigError(
                     f"Params key 'train.{flag}' (or '{key}.{flag}') must be true or false; "
@@ -117,6 +127,33 @@ class TrainConfig:
                     f"[0, 1); got {getattr(self, name)!r}."
                 )
         return self
+
+    def _validate_cnn_options(self, key: str) -> None:
+        changed = [
+            name for name, default in asdict(CnnOptions()).items() if getattr(self, name) != default
+        ]
+        if changed and self.family != "cnn":
+            raise ModelConfigError(
+                f"Params key '{key}.{changed[0]}' applies to the cnn family only; "
+                f"{self.family} has a fixed architecture. Remove the key."
+            )
+        momentum = self.bn_momentum
+        if isinstance(momentum, bool) or not isinstance(momentum, int | float):
+            momentum = None
+        if momentum is None or not 0.0 < momentum < 1.0:
+            raise ModelConfigError(
+                f"Params key '{key}.bn_momentum' (or 'train.bn_momentum') must be a number in "
+                f"(0, 1); got {self.bn_momentum!r}."
+            )
+        if self.whitening not in (0, *WHITENING_PATCHES) or isinstance(self.whitening, bool):
+            raise ModelConfigError(
+                f"Params key '{key}.whitening' (or 'train.whitening') is {self.whitening!r}; "
+                f"allowed: 0 (no stem) or a patch size, {' or '.join(map(str, WHITENING_PATCHES))}."
+            )
+
+    def cnn_options(self) -> CnnOptions:
+        """The CNN's BatchNorm and stem settings of this config."""
+        return CnnOptions(self.bn_momentum, self.bn_scale, self.whitening)
 
 
 GENERIC_KEYS = {f.name for f in fields(TrainConfig)} - {"family", "extra", "optimizer"}
@@ -472,6 +509,7 @@ def compiled_classifier(cfg: TrainConfig, total_steps: int, n_classes: int = 8, 
             cfg.dropout,
             cfg.frozen_fraction,
             cfg.conv_widths,
+            cfg.cnn_options(),
         )
     model.compile(
         optimizer=make_optimizer(
@@ -535,6 +573,8 @@ def train_model(
         model = compiled_classifier(
             cfg, cfg.epochs * steps_per_epoch(len(x_train), batch_size), n_classes, model
         )
+    if cfg.whitening:
+        fit_whitening(model, x_train)  # the frozen stem, from the images it trains on
     train_ds = make_dataset(
         x_train,
         y_train,
