@@ -190,3 +190,48 @@ def test_a_split_smaller_than_a_batch_still_gives_validation_views(train_split):
         inputs.two_view_dataset(x, y, 16, seed=1)
     (xb, yb), *rest = batches(inputs.two_view_dataset(x, y, 16, seed=1, full_batches=False))
     assert not rest and xb.shape[0] == 30 and sorted(yb[0::2]) == sorted(y)
+
+
+@pytest.mark.parametrize(
+    ("start", "full", "epochs", "expected"),
+    [
+        (64, 96, 4, [64, 72, 80, 96]),
+        (64, 96, 24, None),
+        (16, 32, 2, [16, 32]),
+        (64, 96, 1, [96]),
+        (0, 96, 3, [96, 96, 96]),
+    ],
+)
+def test_progressive_sizes_grow_from_the_start_to_the_full_size(start, full, epochs, expected):
+    sizes = inputs.progressive_sizes(start, full, epochs)
+    assert len(sizes) == epochs and sizes[-1] == full
+    assert sizes == sorted(sizes) and all(s % 8 == 0 for s in sizes[:-1])
+    assert sizes[0] == (start if start and epochs > 1 else full)
+    if expected is not None:
+        assert sizes == expected
+
+
+def test_progressive_resizing_shrinks_the_same_batches_epoch_by_epoch(train_split):
+    """With ``sizes`` each epoch's batches are that epoch's batches without it (same order,
+    same views), resized to its size; a resumed dataset resizes as the whole one did."""
+    import tensorflow as tf
+
+    x, y = train_split
+    sizes = [16, 24, 32]
+    steps = inputs.steps_per_epoch(len(x), 16)
+    plain = batches(inputs.make_dataset(x, y, 16, True, True, seed=5, epochs=3))
+    grown = batches(inputs.make_dataset(x, y, 16, True, True, seed=5, epochs=3, sizes=sizes))
+    assert len(grown) == len(plain) == 3 * steps
+    for i, ((xa, ya), (xb, yb)) in enumerate(zip(plain, grown, strict=True)):
+        size = sizes[i // steps]
+        assert xb.shape[1:] == (size, size, 3) and xb.dtype == np.uint8
+        expected = tf.image.resize(xa, (size, size), antialias=True).numpy()
+        np.testing.assert_array_equal(xb, np.clip(np.round(expected), 0, 255).astype(np.uint8))
+        np.testing.assert_array_equal(ya, yb)
+    resumed = batches(
+        inputs.make_dataset(x, y, 16, True, True, seed=5, epochs=3, first_epoch=1, sizes=sizes)
+    )
+    for a, b in zip(grown[steps:], resumed, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])
+    with pytest.raises(ValueError, match="one size per epoch"):
+        inputs.make_dataset(x, y, 16, True, epochs=3, sizes=[16, 32])

@@ -52,6 +52,9 @@ def arrays(project):
         ({"bn_scale": "no"}, r"'train\.bn_scale' \(or 'models\.cnn\.bn_scale'\)"),
         ({"whitening": 4}, r"'models\.cnn\.whitening'.*is 4; allowed: 0 \(no stem\) or .*2 or 3"),
         ({"whitening": True}, r"'models\.cnn\.whitening'.*is True"),
+        ({"progressive_from": 32}, r"'models\.cnn\.progressive_from'.*32; use 0 .*below.*, 32"),
+        ({"progressive_from": 8}, r"'models\.cnn\.progressive_from'.*from 32 px .*5 times"),
+        ({"progressive_from": "16"}, r"'models\.cnn\.progressive_from'.*is '16'"),
     ],
 )
 def test_bad_settings_name_the_key(smoke_params, change, message):
@@ -98,7 +101,8 @@ def test_conv_widths_belong_to_the_cnn_only(smoke_params):
 
 
 @pytest.mark.parametrize(
-    ("setting", "value"), [("bn_momentum", 0.6), ("bn_scale", False), ("whitening", 2)]
+    ("setting", "value"),
+    [("bn_momentum", 0.6), ("bn_scale", False), ("whitening", 2), ("progressive_from", 16)],
 )
 def test_cnn_options_belong_to_the_cnn_only(smoke_params, setting, value):
     with pytest.raises(ModelConfigError, match=rf"'models\.vgg16\.{setting}' applies to the cnn"):
@@ -193,6 +197,44 @@ def test_training_takes_the_configured_dihedral_views(
     cfg = train.family_config(smoke_params, "cnn", epochs=1, dihedral_views=views)
     train.train_model(cfg, x_tr, y_tr, x_val, y_val, project / views, project / "l", verbose=0)
     assert asked == [(True, True, views), (False, False, None)]
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_progressive_resizing_trains_small_then_full_in_one_model(
+    smoke_params, arrays, project, monkeypatch, eager
+):
+    """``progressive_from`` hands the pipeline one size per epoch, smallest first and the
+    model's own size last; the one model trains on both (eagerly, and traced into a graph),
+    and is validated and returned at its own size."""
+    import tensorflow as tf
+
+    seen, asked = [], []
+
+    def note(images):
+        seen.append(int(images.shape[1]))
+        return images
+
+    def record(xb, yb):  # each training batch's height, as the model receives it
+        out = tf.py_function(note, [xb], tf.uint8)
+        return tf.ensure_shape(out, [None, None, None, 3]), yb
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("sizes"))
+        ds = make_dataset(*args, **kwargs)
+        return ds.map(record) if args[3] else ds  # args[3]: shuffle, i.e. training
+
+    make_dataset = train.make_dataset
+    monkeypatch.setattr(train, "make_dataset", spy)
+    (x_tr, y_tr), (x_val, y_val) = arrays["train"], arrays["val"]
+    cfg = train.family_config(
+        smoke_params, "cnn", epochs=2, conv_widths=[8, 16], progressive_from=16, run_eagerly=eager
+    )
+    out = project / f"progressive-{eager}"
+    result = train.train_model(cfg, x_tr, y_tr, x_val, y_val, out / "w", out / "l", verbose=0)
+    assert asked == [[16, 32], None]  # validation at the model's own size
+    assert sorted(set(seen)) == [16, 32] and seen == sorted(seen)
+    assert result.model.input_shape == (None, 32, 32, 3)
+    assert list(result.history.index) == [0, 1]
 
 
 def test_train_step_is_traced_once(smoke_params, arrays, tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ The ``ablation`` params section names the ``base`` (a ``models`` entry trained b
 trains under, ``epochs`` (null: the base's own; else every run's, the reports say so) and
 ``changes``: ``{name: {setting: value}}``, each a few :class:`bloodcells.train.TrainConfig`
 settings (:data:`CHANGE_KEYS`: the EMA of the weights, a warm-up, label smoothing, widths,
-BatchNorm without a learned scale, a frozen patch-whitening stem,
+BatchNorm without a learned scale, a frozen patch-whitening stem, progressive resizing,
 image size, learning rate, ...) tried alone against the base. The base and every change
 train under every seed, in ``models/ablation/<name>_s<seed>/`` (model, validation and test
 predictions, record; trained once per training key, resumable), beside
@@ -52,6 +52,7 @@ CHANGE_KEYS = (
     "bn_momentum",
     "bn_scale",
     "whitening",
+    "progressive_from",
 )
 NAME = re.compile(r"^[a-z0-9_]+$")
 

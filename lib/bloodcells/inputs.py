@@ -8,7 +8,8 @@ and 90-degree turns, which leave a single-cell image a valid single-cell image) 
 gathers per batch. Its :data:`VIEWS`: ``random`` draws each image's view afresh every epoch;
 ``alternating`` gives image *i* view ``(o_i + epoch) mod 8`` from a random offset ``o_i``, so
 over any eight consecutive epochs every image is seen in each of its eight views once (the
-speed-run "alternating flip", over the whole group).
+speed-run "alternating flip", over the whole group). Progressive resizing (``sizes``)
+trains the early epochs on smaller copies of the same images, resized in the graph.
 
 The order of the training images and the augmentation of each are functions of
 ``(seed, epoch)`` alone (stateless random ops), so a run resumed at epoch *k* sees exactly
@@ -96,6 +97,16 @@ def jitter_batch(x, coins, strength: float = 0.2):
     return tf.cast(tf.clip_by_value((f - mean) * contrast + mean + brightness, 0, 255), tf.uint8)
 
 
+def progressive_sizes(start: int, full: int, epochs: int, step: int = 8) -> list[int]:
+    """The image size of each epoch under progressive resizing: from ``start`` px in the
+    first epoch up to ``full`` in the last, linearly, rounded down to a multiple of
+    ``step`` (never below ``start``); ``start`` 0 (off) or one epoch: ``full`` throughout."""
+    if not start or epochs == 1:
+        return [full] * epochs
+    sizes = [start + (full - start) * e / (epochs - 1) for e in range(epochs)]
+    return [max(start, int(s) // step * step) for s in sizes[:-1]] + [full]
+
+
 def epoch_batches(
     n: int,
     batch_size: int,
@@ -105,11 +116,13 @@ def epoch_batches(
     coins: int = 3,
     drop_remainder: bool = False,
     views: str = "random",
+    with_epoch: bool = False,
 ):
     """``tf.data`` of (image indices, coins) per batch for epochs ``first_epoch .. epochs-1``,
     each epoch a fresh stateless permutation, with its length declared. ``views``
     (:data:`VIEWS`): ``alternating`` gives each image's three coins by
-    :func:`alternating_coins` instead of fresh ones."""
+    :func:`alternating_coins` instead of fresh ones. ``with_epoch``: a third element, the
+    epoch of each image (progressive resizing's clock)."""
     import tensorflow as tf
 
     if views not in VIEWS:
@@ -124,7 +137,7 @@ def epoch_batches(
             picked = tf.gather(alternating_coins(n, seed, epoch), order)
         else:
             picked = epoch_coins(n, coins, seed, epoch)
-        slices = (order, picked)
+        slices = (order, picked, tf.fill([n], epoch)) if with_epoch else (order, picked)
         return tf.data.Dataset.from_tensor_slices(slices).batch(batch_size, drop_remainder)
 
     last = max(epochs, first_epoch + 1)
@@ -147,6 +160,7 @@ def make_dataset(
     epochs: int = 1,
     first_epoch: int = 0,
     views: str = "random",
+    sizes: list[int] | None = None,
 ):
     """``tf.data`` batches of (uint8 images, one-hot float32 labels) from in-memory arrays.
 
@@ -155,6 +169,9 @@ def make_dataset(
     as ``views`` says: :data:`VIEWS`); pass
     ``steps_per_epoch(len(x), batch_size)`` to ``fit``. Without it, one pass in order
     (validation, test, benchmarks). Labels come out one-hot, which label smoothing needs.
+    ``sizes`` (progressive resizing; one per epoch, :func:`progressive_sizes`): each
+    training epoch's images resized to its size (bilinear, antialiased, back to uint8),
+    so the batches' height and width vary by epoch.
     """
     import tensorflow as tf
 
@@ -173,11 +190,20 @@ def make_dataset(
 
         return tf.data.Dataset.range(steps_per_epoch(n, batch_size)).map(in_order).prefetch(2)
 
-    def gather(idx, coins):
+    def gather(idx, coins, epoch=None):
         xb = tf.gather(images, idx)
-        return (dihedral_batch(xb, coins < 0.5) if augment else xb), tf.gather(labels, idx)
+        xb = dihedral_batch(xb, coins < 0.5) if augment else xb
+        if epoch is not None:  # this epoch's size (the batch is one epoch's: same for all)
+            size = tf.gather(tf.constant(sizes, tf.int32), epoch[0])
+            resized = tf.image.resize(xb, tf.stack([size, size]), antialias=True)
+            xb = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+        return xb, tf.gather(labels, idx)
 
-    ds = epoch_batches(n, batch_size, seed, epochs, first_epoch, views=views)
+    if sizes is not None and len(sizes) < max(epochs, first_epoch + 1):
+        raise ValueError(f"sizes needs one size per epoch ({epochs}); got {len(sizes)}.")
+    ds = epoch_batches(
+        n, batch_size, seed, epochs, first_epoch, views=views, with_epoch=sizes is not None
+    )
     return ds.map(gather, num_parallel_calls=2).prefetch(2)
 
 

@@ -242,6 +242,18 @@ def find_layer(model: keras.Model, name: str):
     return None
 
 
+def accept_any_size(model: keras.Model) -> keras.Model:
+    """Let ``model`` and every model nested in it take RGB images of any height and width,
+    for training a fully convolutional model at several sizes (progressive resizing). The
+    relaxed check is not saved: a saved copy expects the size it was built for."""
+    stack = [model]
+    while stack:
+        current = stack.pop()
+        current.input_spec = layers.InputSpec(ndim=4, axes={-1: 3})
+        stack.extend(layer for layer in current.layers if isinstance(layer, keras.Model))
+    return model
+
+
 def fit_whitening(model: keras.Model, images: np.ndarray) -> None:
     """Set the whitening stem of ``model`` (a CNN built with ``whitening``) from the
     training ``images``; it stays frozen while the rest trains."""

@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells.config import BALANCE, OPTIMIZERS
-from bloodcells.inputs import VIEWS, make_dataset, steps_per_epoch
+from bloodcells.inputs import VIEWS, make_dataset, progressive_sizes, steps_per_epoch
 from bloodcells.models import (
     BN_MOMENTUM,
+    CNN_WIDTHS,
     WHITENING_PATCHES,
     CnnOptions,
     ModelConfigError,
+    accept_any_size,
     check_size,
     check_weights,
     check_widths,
@@ -67,6 +69,9 @@ class TrainConfig:
     bn_scale: bool = True
     # the CNN's frozen patch-whitening stem: its patch size (models.WHITENING_PATCHES), 0 = none
     whitening: int = 0
+    # progressive resizing of the (fully convolutional) CNN: the first epoch's image size,
+    # growing linearly to image_size by the last (inputs.progressive_sizes); 0 = off
+    progressive_from: int = 0
     seed: int = 42
     deterministic: bool = True
     graph_optimizer: bool = True
@@ -106,6 +111,7 @@ class TrainConfig:
                 )
             check_widths(self.conv_widths, self.image_size, f"{key}.conv_widths")
         self._validate_cnn_options(key)
+        self._validate_progressive(key)
         for flag in ("deterministic", "graph_optimizer", "run_eagerly", "augment", "bn_scale"):
             if not isinstance(getattr(self, flag), bool):
                 raise ModelConfigError(
@@ -150,6 +156,33 @@ class TrainConfig:
                 f"Params key '{key}.whitening' (or 'train.whitening') is {self.whitening!r}; "
                 f"allowed: 0 (no stem) or a patch size, {' or '.join(map(str, WHITENING_PATCHES))}."
             )
+
+    def _validate_progressive(self, key: str) -> None:
+        start = self.progressive_from
+        if start == 0 and not isinstance(start, bool):
+            return
+        if self.family != "cnn":
+            raise ModelConfigError(
+                f"Params key '{key}.progressive_from' applies to the cnn family only (a fully "
+                f"convolutional model); {self.family} trains at one size. Remove the key."
+            )
+        least = 2 ** len(self.conv_widths or CNN_WIDTHS)
+        if (
+            isinstance(start, bool)
+            or not isinstance(start, int)
+            or not (least <= start < self.image_size)
+        ):
+            raise ModelConfigError(
+                f"Params key '{key}.progressive_from' (or 'train.progressive_from') is "
+                f"{start!r}; use 0 (off) or a size from {least} px (the CNN's blocks halve it "
+                f"{least.bit_length() - 1} times) up to below the image size, {self.image_size}."
+            )
+
+    def epoch_sizes(self) -> list[int] | None:
+        """Each epoch's training image size under progressive resizing; None when off."""
+        if not self.progressive_from:
+            return None
+        return progressive_sizes(self.progressive_from, self.image_size, self.epochs)
 
     def cnn_options(self) -> CnnOptions:
         """The CNN's BatchNorm and stem settings of this config."""
@@ -575,6 +608,8 @@ def train_model(
         )
     if cfg.whitening:
         fit_whitening(model, x_train)  # the frozen stem, from the images it trains on
+    if cfg.progressive_from:
+        accept_any_size(model)  # the early epochs' batches are smaller than its input
     train_ds = make_dataset(
         x_train,
         y_train,
@@ -586,6 +621,7 @@ def train_model(
         epochs=cfg.epochs,
         first_epoch=completed_epochs(work_dir),
         views=cfg.dihedral_views,
+        sizes=cfg.epoch_sizes(),
     )
     val_ds = make_dataset(x_val, y_val, max(batch_size, 128), False, n_classes=n_classes)
     clock = training_clock()
