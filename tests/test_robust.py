@@ -290,3 +290,24 @@ def test_pruning_keeps_the_planned_runs_and_the_scores(tmp_path):
         assert [p for p in left if p != "shift.json"] == ["groupnorm_s42", "none_s42"]
     assert (tmp_path / "models/robust/shift.json").is_file()
     assert robust.prune_runs(tmp_path / "elsewhere", {"none_s42"}) == []  # nothing trained yet
+
+
+def test_a_remedy_model_keeps_the_recipes_cnn_settings(cells):
+    """The remedies train the recipe's CNN: its BatchNorm settings reach every remedy's
+    model (none silently rebuilt with the defaults)."""
+    import dataclasses
+
+    import keras
+
+    from bloodcells.config import load_params
+    from bloodcells.experiment import study_config
+    from bloodcells.models import find_layer
+    from tests.conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml", profile="smoke")
+    section = params["robust_training"]
+    cfg = dataclasses.replace(study_config(params, "robust_training"), bn_scale=False)
+    for remedy in ("none", "stain_normalisation"):
+        backbone = find_layer(robust.remedy_model(remedy, cfg, section, cells), "cnn_backbone")
+        norms = [b for b in backbone.layers if isinstance(b, keras.layers.BatchNormalization)]
+        assert norms and all(b.gamma is None for b in norms), remedy

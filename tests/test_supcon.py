@@ -92,3 +92,22 @@ def test_every_optimizer_of_the_recipe_gets_the_warmup_and_the_average(
     for variant in (KEY, CONTROL):
         record = json.loads((root / "models" / KEY / variant / "run.json").read_text())
         assert record["config"]["ema_momentum"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("bn_scale", False), ("whitening", 2), ("progressive_from", 16)]
+)
+def test_the_classifiers_cnn_settings_are_refused_not_ignored(setting, value):
+    """SupCon's encoder is the plain CNN: a classifier-only setting on its entry fails
+    before any work, naming the key."""
+    import copy
+
+    from bloodcells.config import load_params
+    from bloodcells.models import ModelConfigError
+    from bloodcells.supcon import KEY, train_supcon
+    from tests.conftest import ROOT
+
+    params = copy.deepcopy(load_params(ROOT / "params.yaml", profile="smoke"))
+    params["models"][KEY] |= {"conv_widths": [8, 16], setting: value}
+    with pytest.raises(ModelConfigError, match=rf"'models\.supcon\.{setting}'.*classifier only"):
+        train_supcon(params, ROOT / "nowhere", verbose=0)

@@ -81,6 +81,7 @@ def remedy_model(remedy: str, cfg, section: dict, x_train: np.ndarray):
         cfg.dropout,
         cfg.frozen_fraction,
         cfg.conv_widths,
+        cfg.cnn_options(),
     )
     if remedy == "none":
         return base

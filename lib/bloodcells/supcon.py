@@ -22,7 +22,7 @@ import numpy as np
 from keras import layers, ops
 
 from bloodcells.inputs import two_view_dataset
-from bloodcells.models import Preprocess, build_backbone, get_family
+from bloodcells.models import ModelConfigError, Preprocess, build_backbone, get_family
 
 
 @keras.saving.register_keras_serializable(package="bloodcells")
@@ -120,6 +120,23 @@ KEY = "supcon"
 CONTROL = "supcon_ce_control"
 
 
+def refuse_classifier_only_settings(cfg) -> None:
+    """SupCon's encoder is the plain CNN: the classifier's BatchNorm options, whitening stem
+    and progressive resizing (``models.CnnOptions``, ``progressive_from``) are refused,
+    naming the key, rather than ignored."""
+    import dataclasses
+
+    from bloodcells.models import CnnOptions
+
+    defaults = {**dataclasses.asdict(CnnOptions()), "progressive_from": 0}
+    for name, default in defaults.items():
+        if getattr(cfg, name) != default:
+            raise ModelConfigError(
+                f"Params key 'models.{KEY}.{name}' (or 'train.{name}') applies to the cnn "
+                f"classifier only; SupCon's encoder does not use it. Remove the key."
+            )
+
+
 def train_supcon(
     params: dict,
     root=None,
@@ -152,6 +169,7 @@ def train_supcon(
     root = root or project_root()
     entry = params["models"][KEY]
     cfg = family_config(params, KEY, **overrides)
+    refuse_classifier_only_settings(cfg)
     cfg2 = dataclasses.replace(cfg, epochs=int(entry["classifier_epochs"]))
     total = dataclasses.replace(cfg, epochs=cfg.epochs + cfg2.epochs)
 
