@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -190,8 +191,11 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
         return {"train": 100.0, "inference": 400.0}
 
     monkeypatch.setattr(estimate, "calibrate", fake)
-    monkeypatch.setattr(estimate, "split_sizes", lambda params, root: (700, 170, 380))
+    # full-data sizes: every run long enough to calibrate (the sample's are not: below)
+    monkeypatch.setattr(estimate, "split_sizes", lambda params, root: (7000, 1700, 3800))
     out = estimate.estimate(params, tmp_path, tmp_path / "cache.json")
+    runs = estimate.plan(params, 7000, 1700, 3800)
+    assert out["not_calibrated"] == [] and len(out["runs"]) == len(runs)
     hybrid = next(r for r in runs if r.key == "hybrid")
     assert hybrid.frozen_epochs == params["models"]["hybrid"]["frozen_epochs"] > 0
     # frozen epochs cost forward passes only; validation costs inference every epoch
@@ -208,6 +212,30 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     assert calls == [] and again["total_seconds"] == pytest.approx(expected)  # from the cache
     text = estimate.report(out)
     assert f"{expected / 60:7.1f} min" in text and "profile 'smoke'" in text
+
+
+def test_runs_too_short_to_time_are_not_calibrated(tmp_path, monkeypatch, built, sample_dir):
+    """The smoke profile on the sample: every run is a few steps, so the estimate calibrates
+    none (it would take longer than the training) and says so; one long run is calibrated."""
+    from bloodcells import estimate
+
+    params = load_params(ROOT / "params.yaml", profile="smoke")
+    root = mini_project(tmp_path, built[0], sample_dir)
+    calls = []
+    monkeypatch.setattr(estimate, "calibrate", lambda p, run: calls.append(run.what) or {})
+    out = estimate.estimate(params, root, tmp_path / "cache.json")
+    planned = estimate.plan(params, *estimate.split_sizes(params, root))
+    assert calls == [] and out["runs"] == [] and out["total_seconds"] == 0
+    assert out["not_calibrated"] == [r.what for r in planned]
+    assert f"not calibrated: {len(planned)} runs of under {estimate.MIN_STEPS} steps" in (
+        estimate.report(out)
+    )
+    # the boundary: MIN_STEPS steps of the CNN's batch are calibrated, one image fewer not
+    run = next(r for r in planned if r.key == "cnn")
+    batch = run.config(params).batch_size
+    enough = estimate.MIN_STEPS * batch // run.epochs
+    assert estimate.training_steps(params, replace(run, train=enough)) == estimate.MIN_STEPS
+    assert estimate.training_steps(params, replace(run, train=enough - batch)) < estimate.MIN_STEPS
 
 
 def test_calibration_trains_the_real_model(tmp_path):

@@ -1,7 +1,7 @@
-"""End to end: what every stage of the smoke DAG wrote, in a fresh copy of the project
-(the ``smoke_dag`` fixture in conftest.py: ``dvc repro --force``). The README's own run of
-the same DAG gives the same bytes (tests/test_dag.py) and its commands are checked in
-tests/test_readme.py."""
+"""End to end: what every stage of the smoke DAG wrote, in the README's run of it (the
+``smoke_dag`` fixture in conftest.py: a fresh copy of the project, ``make repro``). An
+independent rerun of its training stages gives the same bytes (tests/test_dag.py); the
+README's commands are checked in tests/test_readme.py."""
 
 from __future__ import annotations
 
