@@ -147,15 +147,9 @@ def test_saving_the_same_model_twice_gives_the_same_bytes(tmp_path):
 def test_every_from_scratch_batchnorm_gets_the_study_momentum():
     from bloodcells.supcon import build_encoder
 
-    def momenta(model: keras.Model) -> set[float]:
-        found, stack = set(), [model]
-        while stack:  # nested backbones: walk every sub-model
-            for layer in stack.pop().layers:
-                if isinstance(layer, keras.Model):
-                    stack.append(layer)
-                elif isinstance(layer, keras.layers.BatchNormalization):
-                    found.add(layer.momentum)
-        return found
+    def momenta(model: keras.Model) -> set[float]:  # nested backbones: every sub-model
+        bn = keras.layers.BatchNormalization
+        return {layer.momentum for layer in models.nested_layers(model) if isinstance(layer, bn)}
 
     built = {
         "classifier": build_model("mobilenetv2", 32),

@@ -100,3 +100,43 @@ def test_report_leaves_out_tensorflow_native_log_lines(tmp_path):
     assert "oneDNN" not in html and "cuInit" not in html and "absl" not in html
     assert "Your input ran out of data" in html and "stdout is the study" in html
     assert "oneDNN" in executed.read_text()  # the executed notebook keeps every line
+
+
+#: the notebook whose imports need TensorFlow (SupCon's layers); 13 loads it when it runs
+#: the models, not when it starts
+NEED_TENSORFLOW = {"11_supcon.ipynb"}
+
+
+def test_report_notebooks_start_without_tensorflow():
+    """Every module a report notebook imports, imported in a fresh interpreter, leaves
+    TensorFlow unloaded (about 10 s per stage on a 2-core AVX2 CPU; decision 019), except
+    SupCon's, which does load it: the check can fail."""
+    import ast
+    import subprocess
+    import sys
+
+    def imported(path: Path) -> list[str]:
+        nb = nbformat.read(path, as_version=4)
+        tree = ast.parse("\n".join(c.source for c in nb.cells if c.cell_type == "code"))
+        mods = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "bloodcells":
+                mods += [f"bloodcells.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("bloodcells"):
+                mods.append(node.module)
+        return sorted(set(mods))
+
+    script = (
+        "import importlib, sys\n"
+        "for m in sys.argv[1:]: importlib.import_module(m)\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    loads = {}
+    for path in NOTEBOOKS:
+        mods = imported(path)
+        assert mods, path.name
+        done = subprocess.run(
+            [sys.executable, "-c", script, *mods], capture_output=True, text=True, check=True
+        )
+        loads[path.name] = done.stdout.strip().splitlines()[-1] == "True"
+    assert {name for name, tf in loads.items() if tf} == NEED_TENSORFLOW, loads

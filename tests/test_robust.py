@@ -85,7 +85,7 @@ def test_stain_jitter_is_seeded_changes_training_images_only_and_survives_saving
 def test_groupnorm_copy_replaces_every_batchnorm_and_is_batch_independent(cells):
     import keras
 
-    from bloodcells.models import build_model
+    from bloodcells.models import build_model, nested_layers
 
     base = build_model(
         "cnn", 32, 8, dropout=0.0, conv_widths=[16, 32, 64]
@@ -93,11 +93,7 @@ def test_groupnorm_copy_replaces_every_batchnorm_and_is_batch_independent(cells)
     copy = robust.groupnorm_copy(base, 8)
 
     def layers(model, kind):
-        found = []
-        for layer in model.layers:
-            found += layers(layer, kind) if isinstance(layer, keras.Model) else []
-            found += [layer] if isinstance(layer, kind) else []
-        return found
+        return [layer for layer in nested_layers(model) if isinstance(layer, kind)]
 
     bn = layers(base, keras.layers.BatchNormalization)
     assert len(bn) == 6 and not layers(copy, keras.layers.BatchNormalization)

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from bloodcells.evaluate import evaluate, provenance
+from bloodcells.families import check_widths
 from bloodcells.inference import predict_proba
-from bloodcells.models import check_widths, save_for_inference
 from bloodcells.paths import (
     CLASSES,
     manifest_path,
@@ -69,6 +69,7 @@ def load_splits(size: int, root: Path | None = None) -> dict[str, tuple[np.ndarr
 #: The modules whose code shapes a trained model (and the arrays it trains on).
 TRAINING_CODE = (
     "experiment.py",
+    "families.py",
     "hybrid.py",
     "inference.py",
     "inputs.py",
@@ -184,6 +185,8 @@ def save_run(
     history = result.history
     out = dirs["out"]
     out.mkdir(parents=True, exist_ok=True)
+    from bloodcells.models import save_for_inference  # Keras: only where a run is saved
+
     save_for_inference(result.model, out / "model.keras")
     np.savez_compressed(
         out / "predictions.npz",

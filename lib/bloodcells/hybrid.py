@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from bloodcells.experiment import ensure_run, evaluate_run, read_run
-from bloodcells.models import HYBRID_BRANCHES, branch_backbone, build_hybrid, freeze_branches
+from bloodcells.families import HYBRID_BRANCHES
 from bloodcells.paths import project_root, resolve
 from bloodcells.train import (
     TrainConfig,
@@ -49,6 +49,8 @@ def train_hybrid(
     )
 
     def train(dirs: dict, data: dict):
+        from bloodcells.models import branch_backbone, build_hybrid
+
         configure_tensorflow(cfg)  # seeds first: the head's weights and dropout seeds
         branches = {}
         with distribution_strategy().scope():
@@ -93,9 +95,10 @@ def train_phases(
     data: dict,
     dirs: dict,
     verbose: int = 2,
-    freeze=freeze_branches,
+    freeze=None,
 ) -> tuple[TrainResult, dict]:
-    """The two phases: ``cfg.epochs`` joint, then ``cfg2.epochs`` with ``freeze`` applied.
+    """The two phases: ``cfg.epochs`` joint, then ``cfg2.epochs`` with ``freeze`` applied
+    (default: :func:`bloodcells.models.freeze_branches`).
 
     Phase 2 trains a copy of the joint phase's selected model, so each phase keeps its own
     best-validation weights; the phase with the better validation accuracy is returned (its
@@ -103,6 +106,9 @@ def train_phases(
     """
     import keras
 
+    from bloodcells.models import freeze_branches
+
+    freeze = freeze or freeze_branches
     (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
     joint = train_model(
         cfg, x_tr, y_tr, x_val, y_val, dirs["work"] / "joint", dirs["live"] / "joint",

@@ -190,11 +190,13 @@ def make_dataset(
 
         return tf.data.Dataset.range(steps_per_epoch(n, batch_size)).map(in_order).prefetch(2)
 
+    epoch_sizes = None if sizes is None else tf.constant(sizes, tf.int32)
+
     def gather(idx, coins, epoch=None):
         xb = tf.gather(images, idx)
         xb = dihedral_batch(xb, coins < 0.5) if augment else xb
         if epoch is not None:  # this epoch's size (the batch is one epoch's: same for all)
-            size = tf.gather(tf.constant(sizes, tf.int32), epoch[0])
+            size = tf.gather(epoch_sizes, epoch[0])
             resized = tf.image.resize(xb, tf.stack([size, size]), antialias=True)
             xb = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
         return xb, tf.gather(labels, idx)

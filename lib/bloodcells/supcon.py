@@ -124,17 +124,12 @@ def refuse_classifier_only_settings(cfg) -> None:
     """SupCon's encoder is the plain CNN: the classifier's BatchNorm options, whitening stem
     and progressive resizing (``models.CnnOptions``, ``progressive_from``) are refused,
     naming the key, rather than ignored."""
-    import dataclasses
-
-    from bloodcells.models import CnnOptions
-
-    defaults = {**dataclasses.asdict(CnnOptions()), "progressive_from": 0}
-    for name, default in defaults.items():
-        if getattr(cfg, name) != default:
-            raise ModelConfigError(
-                f"Params key 'models.{KEY}.{name}' (or 'train.{name}') applies to the cnn "
-                f"classifier only; SupCon's encoder does not use it. Remove the key."
-            )
+    changed = cfg.changed_cnn_options(progressive=True)
+    if changed:
+        raise ModelConfigError(
+            f"Params key 'models.{KEY}.{changed[0]}' (or 'train.{changed[0]}') applies to the "
+            "cnn classifier only; SupCon's encoder does not use it. Remove the key."
+        )
 
 
 def train_supcon(

@@ -19,20 +19,18 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells.config import BALANCE, OPTIMIZERS
-from bloodcells.inputs import VIEWS, make_dataset, progressive_sizes, steps_per_epoch
-from bloodcells.models import (
+from bloodcells.families import (  # not bloodcells.models: a config needs no Keras
     BN_MOMENTUM,
     CNN_WIDTHS,
     WHITENING_PATCHES,
     CnnOptions,
     ModelConfigError,
-    accept_any_size,
     check_size,
     check_weights,
     check_widths,
-    fit_whitening,
     get_family,
 )
+from bloodcells.inputs import VIEWS, make_dataset, progressive_sizes, steps_per_epoch
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -134,10 +132,14 @@ class TrainConfig:
                 )
         return self
 
+    def changed_cnn_options(self, progressive: bool = False) -> list[str]:
+        """The names of the CNN-only settings (:class:`CnnOptions`, and with
+        ``progressive`` also ``progressive_from``) this config changes from their defaults."""
+        defaults = asdict(CnnOptions()) | ({"progressive_from": 0} if progressive else {})
+        return [name for name, default in defaults.items() if getattr(self, name) != default]
+
     def _validate_cnn_options(self, key: str) -> None:
-        changed = [
-            name for name, default in asdict(CnnOptions()).items() if getattr(self, name) != default
-        ]
+        changed = self.changed_cnn_options()
         if changed and self.family != "cnn":
             raise ModelConfigError(
                 f"Params key '{key}.{changed[0]}' applies to the cnn family only; "
@@ -606,6 +608,8 @@ def train_model(
         model = compiled_classifier(
             cfg, cfg.epochs * steps_per_epoch(len(x_train), batch_size), n_classes, model
         )
+    from bloodcells.models import accept_any_size, fit_whitening
+
     if cfg.whitening:
         fit_whitening(model, x_train)  # the frozen stem, from the images it trains on
     if cfg.progressive_from:
