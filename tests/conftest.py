@@ -24,16 +24,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def pytest_collection_modifyitems(items: list) -> None:
     """Unit tests first; then those that read the ``paper`` profile's run; then those that
-    read the README's run (the one marked ``edits`` first: it edits and restores that
-    project); last the one that compares the README's run with the independent rerun of
-    its training stages. The runs go on in the background from the start (see
-    :func:`smoke_in_background`)."""
+    read the snapshot of the README's project taken when its ``make repro`` ended (the one
+    marked ``edits`` first: it edits and restores that copy), while the README's later
+    blocks go on; then those that read the README's whole run; last the one that compares
+    it with the independent rerun of training stages. The runs go on in the background
+    from the start (see :func:`smoke_in_background`)."""
 
     def stage(item) -> tuple[int, bool]:
         needs = set(item.fixturenames)
         readme, dag = bool(needs & README_FIXTURES), bool(needs & RERUN_FIXTURES)
-        paper = bool(needs & PAPER_FIXTURES)
-        group = 4 if readme and dag else 3 if readme else 2 if paper else 1 if dag else 0
+        paper, snap = bool(needs & PAPER_FIXTURES), bool(needs & SNAPSHOT_FIXTURES)
+        group = 5 if readme and dag else 4 if readme else 3 if snap else 2 if paper else int(dag)
         return group, item.get_closest_marker("edits") is None
 
     items.sort(key=stage)
@@ -151,7 +152,9 @@ def project_files() -> list[str]:
 STAND_INS = {"cd ../bloodcells-copy && make setup": "cd ../bloodcells-copy && ln -s {venv} .venv"}
 
 #: fixtures that need the README's run of the smoke DAG, or the independent rerun
-README_FIXTURES = {"readme_run", "smoke_project", "smoke_dag"}
+README_FIXTURES = {"readme_run", "smoke_project"}
+#: the fixture of the README's project as its ``make repro`` left it (a copy)
+SNAPSHOT_FIXTURES = {"smoke_dag"}
 RERUN_FIXTURES = {"smoke_rerun"}
 #: the independent rerun's targets, with what they read (params, data, preprocess,
 #: inputs): one of each way the study trains, where a nondeterministic kernel or an unseeded
@@ -262,10 +265,25 @@ def smoke_copy(
     return dest
 
 
-def run_readme(work: Path, blocks: list[Block]) -> None:
+def snapshot(work: Path, dest: Path) -> Path:
+    """A copy at ``dest`` of the smoke project ``work`` as it is now: its commit (``git
+    clone``) with its current ``dvc.lock``, this session's ``.venv`` linked in, and its
+    outputs checked out from ``work``'s DVC cache, which it shares (no second cache)."""
+    dvc = str(ROOT / ".venv/bin/dvc")
+    subprocess.run(["git", "clone", "-q", str(work), str(dest)], check=True, env=newcomer_env())
+    shutil.copy2(work / "dvc.lock", dest / "dvc.lock")
+    (dest / ".venv").symlink_to(ROOT / ".venv")
+    subprocess.run([dvc, "cache", "dir", "--local", str(work / ".dvc/cache")], cwd=dest, check=True)
+    subprocess.run([dvc, "checkout", "--quiet"], cwd=dest, check=True)
+    return dest
+
+
+def run_readme(work: Path, blocks: list[Block], after_repro=None) -> None:
     """Run every runnable block of ``blocks`` in ``work``, in order, each in a fresh
-    ``bash -e`` with :func:`newcomer_env`; stop at the first that fails. Writes the
-    blocks' times, exit statuses and output (head and tail) to ``reports/readme_run.json``."""
+    ``bash -e`` with :func:`newcomer_env`; stop at the first that fails. ``after_repro()``
+    is called when the ``make repro`` block has succeeded, before the next starts. Writes
+    the blocks' times, exit statuses and output (head and tail) to
+    ``reports/readme_run.json``."""
     env = newcomer_env()
     for block in blocks:
         if block.why_not_run:
@@ -289,6 +307,8 @@ def run_readme(work: Path, blocks: list[Block]) -> None:
         block.returncode = done.returncode
         if done.returncode:
             break
+        if after_repro is not None and block.code.startswith("make repro"):
+            after_repro()
     timings = [
         {
             "line": b.line,
@@ -321,15 +341,21 @@ def smoke_in_background(request, tmp_path_factory):
     instead of queueing. The README's run is the longest chain, so the rerun runs at a
     lower priority (``nice 10``) and yields the cores to it."""
     needs = set().union(*(item.fixturenames for item in request.session.items))
-    if needs & (README_FIXTURES | RERUN_FIXTURES | PAPER_FIXTURES):
+    if needs & (README_FIXTURES | SNAPSHOT_FIXTURES | RERUN_FIXTURES | PAPER_FIXTURES):
         sample_dir = request.getfixturevalue("sample_dir")
-    if needs & README_FIXTURES:
+    if needs & (README_FIXTURES | SNAPSHOT_FIXTURES):
         work = smoke_copy(tmp_path_factory.mktemp("readme") / "bloodcells", sample_dir)
         blocks, errors = readme_blocks(), []
+        snap = {"path": tmp_path_factory.mktemp("dag") / "bloodcells", "ready": threading.Event()}
+        BACKGROUND["snapshot"] = snap
+
+        def take_snapshot() -> None:
+            snapshot(work, snap["path"])
+            snap["ready"].set()
 
         def run() -> None:
             try:
-                run_readme(work, blocks)
+                run_readme(work, blocks, take_snapshot)
             except BaseException as exc:  # re-raised by readme_run in the test's thread
                 errors.append(exc)
 
@@ -410,11 +436,22 @@ def paper_dag() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_dag(smoke_project) -> Path:
-    """The smoke project in which every stage has run once: the README's (its training
-    stages of each kind, rerun independently, give the same bytes:
-    ``test_each_kind_of_training_run_twice_gives_the_same_outputs``)."""
-    return smoke_project
+def smoke_dag() -> Path:
+    """The smoke project in which every stage has run once: a copy of the README's as its
+    ``make repro`` left it (:func:`snapshot`), ready while the README's later blocks go on,
+    so the tests that read or edit it do not wait for them. Its training stages of each
+    kind, rerun independently, give the same bytes
+    (``test_each_kind_of_training_run_twice_gives_the_same_outputs``)."""
+    thread, _, blocks, errors = BACKGROUND["readme"]
+    ready = BACKGROUND["snapshot"]["ready"]
+    while not ready.wait(timeout=5) and thread.is_alive():
+        pass
+    if not ready.is_set():
+        if errors:
+            raise errors[0]
+        repro = next(b for b in blocks if b.code.startswith("make repro"))
+        pytest.fail(f"the README's make repro failed:\n{repro.output[-6000:]}")
+    return BACKGROUND["snapshot"]["path"]
 
 
 @pytest.fixture(scope="session")
