@@ -131,12 +131,19 @@ def test_report_notebooks_start_without_tensorflow():
         "for m in sys.argv[1:]: importlib.import_module(m)\n"
         "print('tensorflow' in sys.modules)\n"
     )
-    loads = {}
-    for path in NOTEBOOKS:
-        mods = imported(path)
-        assert mods, path.name
+
+    def loads_tensorflow(mods: list[str]) -> bool:
         done = subprocess.run(
             [sys.executable, "-c", script, *mods], capture_output=True, text=True, check=True
         )
-        loads[path.name] = done.stdout.strip().splitlines()[-1] == "True"
-    assert {name for name, tf in loads.items() if tf} == NEED_TENSORFLOW, loads
+        return done.stdout.strip().splitlines()[-1] == "True"
+
+    imports = {path.name: imported(path) for path in NOTEBOOKS}
+    assert all(imports.values()), imports
+    # the others' modules all together (none loads it, or the union would), then each of
+    # those that need it
+    rest = sorted(
+        {m for name, mods in imports.items() if name not in NEED_TENSORFLOW for m in mods}
+    )
+    assert not loads_tensorflow(rest), rest
+    assert all(loads_tensorflow(imports[name]) for name in NEED_TENSORFLOW)
