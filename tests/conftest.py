@@ -278,6 +278,15 @@ def snapshot(work: Path, dest: Path) -> Path:
     return dest
 
 
+#: how the README's block that runs the study begins
+REPRO_BLOCK = "make repro"
+
+
+def repro_block(blocks: list[Block]) -> Block:
+    """The README's block that runs the study (:data:`REPRO_BLOCK`)."""
+    return next(b for b in blocks if b.code.startswith(REPRO_BLOCK))
+
+
 def run_readme(work: Path, blocks: list[Block], after_repro=None) -> None:
     """Run every runnable block of ``blocks`` in ``work``, in order, each in a fresh
     ``bash -e`` with :func:`newcomer_env`; stop at the first that fails. ``after_repro()``
@@ -307,7 +316,7 @@ def run_readme(work: Path, blocks: list[Block], after_repro=None) -> None:
         block.returncode = done.returncode
         if done.returncode:
             break
-        if after_repro is not None and block.code.startswith("make repro"):
+        if after_repro is not None and block.code.startswith(REPRO_BLOCK):
             after_repro()
     timings = [
         {
@@ -346,11 +355,16 @@ def smoke_in_background(request, tmp_path_factory):
     if needs & (README_FIXTURES | SNAPSHOT_FIXTURES):
         work = smoke_copy(tmp_path_factory.mktemp("readme") / "bloodcells", sample_dir)
         blocks, errors = readme_blocks(), []
-        snap = {"path": tmp_path_factory.mktemp("dag") / "bloodcells", "ready": threading.Event()}
+        snap = {
+            "path": tmp_path_factory.mktemp("dag") / "bloodcells",
+            "taken": False,
+            "ready": threading.Event(),  # set when taken, or when the README's run ends
+        }
         BACKGROUND["snapshot"] = snap
 
         def take_snapshot() -> None:
             snapshot(work, snap["path"])
+            snap["taken"] = True
             snap["ready"].set()
 
         def run() -> None:
@@ -358,6 +372,8 @@ def smoke_in_background(request, tmp_path_factory):
                 run_readme(work, blocks, take_snapshot)
             except BaseException as exc:  # re-raised by readme_run in the test's thread
                 errors.append(exc)
+            finally:  # its waiters wake also when make repro failed before it
+                snap["ready"].set()
 
         thread = threading.Thread(target=run, name="readme", daemon=True)
         thread.start()
@@ -446,22 +462,20 @@ def smoke_dag() -> Path:
     so the tests that read or edit it do not wait for them. Its training stages of each
     kind, rerun independently, give the same bytes
     (``test_each_kind_of_training_run_twice_gives_the_same_outputs``)."""
-    thread, _, blocks, errors = BACKGROUND["readme"]
-    ready = BACKGROUND["snapshot"]["ready"]
-    while not ready.wait(timeout=5) and thread.is_alive():
-        pass
-    if not ready.is_set():
+    _, _, blocks, errors = BACKGROUND["readme"]
+    snap = BACKGROUND["snapshot"]
+    snap["ready"].wait()
+    if not snap["taken"]:
         if errors:
             raise errors[0]
-        repro = next(b for b in blocks if b.code.startswith("make repro"))
-        pytest.fail(f"the README's make repro failed:\n{repro.output[-6000:]}")
-    return BACKGROUND["snapshot"]["path"]
+        pytest.fail(f"the README's make repro failed:\n{repro_block(blocks).output[-6000:]}")
+    return snap["path"]
 
 
 @pytest.fixture(scope="session")
 def smoke_project(readme_run) -> Path:
     """The project after the README's `make repro` under the smoke profile."""
     work, blocks = readme_run
-    repro = next(b for b in blocks if b.code.startswith("make repro"))
+    repro = repro_block(blocks)
     assert repro.returncode == 0, repro.output[-6000:]
     return work

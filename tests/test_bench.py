@@ -15,17 +15,24 @@ from bloodcells.timing import record_stage_time
 from tests.conftest import ROOT, mini_project
 
 
-def test_bench_measures_and_collects(tmp_path, built, sample_dir):
-    root = mini_project(tmp_path, built[0], sample_dir)
+@pytest.fixture(scope="module")
+def benched(tmp_path_factory, built, sample_dir) -> tuple[Path, dict, dict]:
+    """One bench of the CNN at 32 px on the sample, in a mini project with two recorded
+    stage times: its root, its output and the params it ran with (shared by the tests
+    below: each bench costs about 35 s on a 2-core AVX2 CPU)."""
+    root = mini_project(tmp_path_factory.mktemp("bench"), built[0], sample_dir)
     (root / "data/raw").mkdir(parents=True)
     (root / "data/raw/PBC_dataset_normal_DIB").symlink_to(sample_dir)
     record_stage_time("02_cnn", 75.0, root)
     record_stage_time("01_preprocessing", 5.0, root)
     params = copy.deepcopy(load_params(ROOT / "params.yaml", profile="smoke"))
     params["models"]["cnn"]["image_size"] = 32
-
     out = bench.run_bench(params, [32], ["cnn"], steps=2, workers=1, root=root)
+    return root, out, params
 
+
+def test_bench_measures_and_collects(benched, built):
+    root, out, _ = benched
     assert out["decode_resize"]["32"]["images"] == len(built[0])
     assert out["decode_resize"]["32"]["images_per_second"] > 0
     (fam,) = out["families"]
@@ -53,18 +60,15 @@ def test_bench_measures_and_collects(tmp_path, built, sample_dir):
     assert f"{fam['parameter_count']:,}" in md
 
 
-def test_native_and_capped_side_by_side(tmp_path, built, sample_dir, monkeypatch):
+def test_native_and_capped_side_by_side(benched, monkeypatch):
     """make bench-both: the same bench natively and in a process capped to AVX2 (oneDNN's
     own cap, set before TensorFlow loads), merged into one table of native / capped."""
     import os
     import subprocess
     import sys
 
-    root = mini_project(tmp_path, built[0], sample_dir)
-    params = copy.deepcopy(load_params(ROOT / "params.yaml", profile="smoke"))
-    params["models"]["cnn"]["image_size"] = 32
+    root, native, params = benched
     (root / "params.json").write_text(json.dumps(params))
-    native = bench.run_bench(params, [], ["cnn"], steps=2, root=root, name="bench-native")
     script = (
         "import json, sys; from pathlib import Path; from bloodcells import bench; "
         "root = Path(sys.argv[1]); params = json.loads((root / 'params.json').read_text()); "
@@ -78,7 +82,7 @@ def test_native_and_capped_side_by_side(tmp_path, built, sample_dir, monkeypatch
     assert native["commit"] == capped["commit"] == bench.code_version(root)
 
     reports = root / "reports"
-    files = [str(reports / "bench-native.json"), str(reports / "bench-avx2.json")]
+    files = [str(reports / "bench.json"), str(reports / "bench-avx2.json")]
     monkeypatch.setenv("BLOODCELLS_ROOT", str(root))
     assert bench.main(["--side-by-side", *files]) == 0
     md = (reports / "bench-side-by-side.md").read_text()
@@ -98,9 +102,7 @@ def test_native_and_capped_side_by_side(tmp_path, built, sample_dir, monkeypatch
     with pytest.raises(ValueError, match="differ in commit"):
         bench.side_by_side(native, {**capped, "commit": "0000000"})
     with pytest.raises(SystemExit, match="bench-missing.json"):
-        bench.write_side_by_side(
-            reports / "bench-native.json", reports / "bench-missing.json", root
-        )
+        bench.write_side_by_side(reports / "bench.json", reports / "bench-missing.json", root)
 
 
 def test_the_commit_names_a_changed_tree():
@@ -234,8 +236,12 @@ def test_runs_too_short_to_time_are_not_calibrated(tmp_path, monkeypatch, built,
     run = next(r for r in planned if r.key == "cnn")
     batch = run.config(params).batch_size
     enough = estimate.MIN_STEPS * batch // run.epochs
-    assert estimate.training_steps(params, replace(run, train=enough)) == estimate.MIN_STEPS
-    assert estimate.training_steps(params, replace(run, train=enough - batch)) < estimate.MIN_STEPS
+    assert estimate.training_steps(replace(run, train=enough), batch) == estimate.MIN_STEPS
+    assert estimate.training_steps(replace(run, train=enough - batch), batch) < estimate.MIN_STEPS
+    # per epoch, as the trainer counts: one image over a whole batch is one more step each
+    assert estimate.training_steps(replace(run, train=enough + 1), batch) == (
+        estimate.MIN_STEPS + run.epochs
+    )
 
 
 def test_calibration_trains_the_real_model(tmp_path):

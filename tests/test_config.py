@@ -139,3 +139,31 @@ def test_the_params_stage_checks_the_generalisation_section(tmp_path, capsys, mo
     monkeypatch.setattr(plan, "load_params", lambda: params)
     assert plan.main(["params"]) == 2
     assert "'generalisation.severities'" in capsys.readouterr().err
+
+
+def test_the_params_stage_resolves_every_profile_without_tensorflow():
+    """``plan params`` runs on every edit of ``params.yaml`` (and 18 times in the edit
+    test): resolving and checking every profile must not import Keras, which costs about
+    10 s a process on a 2-core AVX2 CPU. In a fresh interpreter, since this session has
+    long since loaded TensorFlow."""
+    import subprocess
+    import sys
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from bloodcells import plan\n"
+        "from bloodcells.config import load_params\n"
+        "for p in sys.argv[2:]:\n"
+        "    assert plan.stage_params(load_params(Path(sys.argv[1]), profile=p))\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "params.yaml"), *raw["profiles"]],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

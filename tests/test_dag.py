@@ -254,8 +254,8 @@ def test_an_edit_reruns_exactly_what_reads_it(smoke_dag):
     """Each edit on the README's run's project (``smoke_dag``): run the stages that
     resolve it (``params``, and for the data edits ``preprocess`` and ``inputs``), then
     ``dvc status`` names the stages that would rerun. Undone after each edit: ``git reset
-    --hard`` (DVC stages ``dvc.lock`` as it writes it) and ``dvc checkout``, so the project
-    ends as it began (checked once, at the end)."""
+    --hard`` (DVC stages ``dvc.lock`` as it writes it) and ``dvc checkout`` of the stages
+    it ran, so the project ends as it began (checked once, at the end)."""
     project = smoke_dag
     subprocess.run(["git", "add", "-A"], cwd=project, check=True)
     subprocess.run(
@@ -285,7 +285,8 @@ def test_an_edit_reruns_exactly_what_reads_it(smoke_dag):
         assert stale == expected, name
         assert not any(s.startswith(("train", "preprocess", "data")) for s in stale - expected)
         subprocess.run(["git", "reset", "-q", "--hard", "HEAD"], cwd=project, check=True)
-        dvc(project, "checkout", "--force")
+        # only the stages it ran wrote outputs: 1.8 s a checkout instead of 4 s for all
+        dvc(project, "checkout", "--force", "params", *first)
     # undone: a leftover of one edit would also have shown in the next edit's stale set
     assert yaml.safe_load(dvc(project, "status", "--json")) == {}, "after undoing the edits"
     (ROOT / "reports" / "dag_invalidation.md").write_text(

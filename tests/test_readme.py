@@ -12,7 +12,7 @@ import pytest
 
 from bloodcells import robust
 from bloodcells.config import load_params
-from tests.conftest import ROOT, STAND_INS, readme_blocks
+from tests.conftest import ROOT, STAND_INS, readme_blocks, repro_block
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +41,7 @@ def test_the_blocks_are_the_ones_a_user_needs():
 
 def test_repro_prints_the_estimate_first(readme_run):
     _, blocks = readme_run
-    out = block(blocks, "make repro").output
+    out = repro_block(blocks).output
     assert "Estimated training time, profile 'smoke'" in out
     assert out.index("Estimated training time") < out.index("Running stage 'data'")
     assert "min left for this model" in out  # each training stage shows the time left

@@ -85,10 +85,12 @@ def test_a_killed_run_resumes_to_the_same_weights(project, tmp_path):
     whole = _train(project, tmp_path / "whole", tmp_path / "whole.npz", kill_epoch=-1)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
-    killed = _train(project, tmp_path / "cut", tmp_path / "cut.npz", kill_epoch=1)
+    # stopped in the last epoch: there is no backup of it (train.backup_until_last_epoch),
+    # so the run resumes from the one before
+    killed = _train(project, tmp_path / "cut", tmp_path / "cut.npz", kill_epoch=2)
     assert killed.returncode == -signal.SIGTERM, killed.stderr[-3000:]
     backup = tmp_path / "cut" / "run" / "backup"
-    assert train.completed_epochs(tmp_path / "cut" / "run") == 1 and backup.exists()
+    assert train.completed_epochs(tmp_path / "cut" / "run") == 2 and backup.exists()
     resumed = _train(project, tmp_path / "cut", tmp_path / "cut.npz", kill_epoch=-1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 

@@ -91,7 +91,7 @@ def test_temperature_recovers_a_planted_temperature(true_t):
     find true_t back (it divides the log-probabilities by T)."""
     rng = np.random.default_rng(0)
     z = rng.normal(0, 2.0, (20000, 8))
-    y = np.array([rng.choice(8, p=p) for p in softmax(z)])
+    y = (rng.random((len(z), 1)) < softmax(z).cumsum(axis=1)).argmax(axis=1)  # y ~ softmax(z)
     reported = softmax(z / true_t)
     t = fit_temperature(reported, y)
     assert t == pytest.approx(1 / true_t, rel=0.05)
@@ -101,9 +101,12 @@ def test_temperature_recovers_a_planted_temperature(true_t):
         p = apply_temperature(reported, temp)
         return float(-np.log(p[np.arange(len(y)), y]).mean())
 
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 2001))
-    best = grid[np.argmin([nll(g) for g in grid])]
-    assert t == pytest.approx(best, rel=0.01)  # the bounded search finds the grid minimum
+    # the bounded search finds the minimum: no point of a grid over its whole range (steps
+    # of 3%) does better, and the grid's best is within one step of it
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 201))
+    losses = [nll(g) for g in grid]
+    assert nll(t) <= min(losses) + 1e-9
+    assert t == pytest.approx(grid[np.argmin(losses)], rel=0.031)
 
 
 def test_temperature_one_keeps_probabilities():
@@ -172,7 +175,7 @@ def test_temperature_is_fitted_on_validation_only():
 
     def split(true_t):
         z = rng.normal(0, 2.0, (5000, 8))
-        y = np.array([rng.choice(8, p=p) for p in softmax(z)])
+        y = (rng.random((len(z), 1)) < softmax(z).cumsum(axis=1)).argmax(axis=1)  # y ~ softmax(z)
         return softmax(z / true_t), y  # reported with 1 / true_t too much confidence
 
     val_probs, val_y = split(0.5)

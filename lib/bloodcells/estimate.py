@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bloodcells.config import load_params
+from bloodcells.inputs import steps_per_epoch
 from bloodcells.paths import manifest_path, project_root
 from bloodcells.timing import describe_machine, hardware
 
@@ -223,10 +224,11 @@ def _family_runs(models: dict, key: str, n_train: int, n_val: int) -> list[Run]:
 MIN_STEPS = 40
 
 
-def training_steps(params: dict, run: Run) -> int:
-    """The optimizer steps ``run`` takes (its frozen epochs take none)."""
-    batch = run.config(params).batch_size
-    return -(-(run.epochs - run.frozen_epochs) * run.views * run.train // batch)
+def training_steps(run: Run, batch_size: int) -> int:
+    """The optimizer steps ``run`` takes at ``batch_size``, counted as the trainer counts
+    them (a short last batch is a step; its frozen epochs take none). SupCon's two views
+    make each step costlier, not more numerous."""
+    return (run.epochs - run.frozen_epochs) * steps_per_epoch(run.train, batch_size)
 
 
 def calibrate(params: dict, run: Run, steps: int = 3, warmup: int = 1) -> dict:
@@ -254,8 +256,7 @@ def calibrate(params: dict, run: Run, steps: int = 3, warmup: int = 1) -> dict:
     return {"train": steps * batch / seconds, "inference": infer}
 
 
-def _calibration_key(params: dict, run: Run, machine: str) -> str:
-    cfg = run.config(params)
+def _calibration_key(cfg, machine: str) -> str:
     text = json.dumps(
         [machine, cfg.family, cfg.image_size, cfg.conv_widths, cfg.dense_units,
          cfg.batch_size, cfg.optimizer, cfg.whitening],  # the stem's 24-54 channels cost
@@ -273,10 +274,11 @@ def estimate(params: dict, root: Path | None = None, cache: Path | None = None) 
     machine = describe_machine(hardware())  # once: it reads /proc/cpuinfo and asks TF
     rows, short = [], []
     for run in plan(params, n_train, n_val, n_test):
-        if training_steps(params, run) < MIN_STEPS:
+        cfg = run.config(params)
+        if training_steps(run, cfg.batch_size) < MIN_STEPS:
             short.append(run.what)
             continue
-        key = _calibration_key(params, run, machine)
+        key = _calibration_key(cfg, machine)
         if key not in known:
             known[key] = calibrate(params, run)
             cache.parent.mkdir(parents=True, exist_ok=True)

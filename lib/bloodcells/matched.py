@@ -71,7 +71,7 @@ def _is_int(value, minimum: int) -> bool:
 def check_params(section: dict | None, models: dict, sizes: list[int]) -> dict:
     """The ``compute_matched`` section, checked against the ``models`` entries and the
     cached ``sizes``; every error names the key and what to do."""
-    from bloodcells.models import ModelConfigError, check_size, get_family
+    from bloodcells.families import ModelConfigError, check_size, get_family
 
     if not isinstance(section, dict):
         raise ParamsError(f"Params key '{SECTION}' must be a mapping; got {section!r}.")

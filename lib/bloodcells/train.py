@@ -423,6 +423,22 @@ def epoch_seeds(seed: int):
     return callback
 
 
+def backup_until_last_epoch(backup: Path, epochs: int):
+    """Keras's ``BackupAndRestore`` in ``backup``, without the save after the last epoch:
+    training ends there and deletes the backup, so that save (the weights and the
+    optimizer's state: seconds for the large backbones, every one-epoch run's only save)
+    would never be read. A run stopped after its last epoch began resumes from the backup
+    of the one before, as one stopped during it does."""
+    import keras
+
+    class BackupBeforeLastEpoch(keras.callbacks.BackupAndRestore):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 < epochs:
+                super().on_epoch_end(epoch, logs)
+
+    return BackupBeforeLastEpoch(str(backup), delete_checkpoint=True)
+
+
 def fit_resumable(
     model,
     train_ds,
@@ -480,7 +496,7 @@ def fit_resumable(
     # training weights (and the average in the optimizer), so a resumed run continues both.
     ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if _uses_ema(model) else []
     cbs = [
-        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True),
+        backup_until_last_epoch(backup, epochs),
         *ema,
         checkpoint,
         keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bests.append(checkpoint.best)),
