@@ -348,6 +348,14 @@ def test_a_timed_fit_leaves_a_new_iterators_start_up_out(monkeypatch):
     model.add(keras.layers.Dense(8, activation="softmax"))
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
     out = bench.timed_fit(model, ds, steps=3)
-    assert out["seconds"] == 1.0  # the clock read when the first step ends and at the end
-    assert out["startup"] == (102.0 - 1.0) / (1.0 / 3)
+    assert out["seconds"] == 1.0  # the clock read when the first step ends and the last
+    assert out["startup"] == (102.0 - 1.0) / (1.0 / 3) and out["steps"] == 3
     assert out["cpu"] >= 0 and 0 <= out["kernel"] <= 1
+    # past `steps`, until `min_seconds` have passed (a reading a step: 3 s after 5 steps) or
+    # `max_steps` are timed, whichever comes first
+    clock["now"] = 0.0
+    out = bench.timed_fit(model, ds, steps=3, min_seconds=3.0, max_steps=10)
+    assert (out["steps"], out["seconds"]) == (5, 3.0)
+    clock["now"] = 0.0
+    out = bench.timed_fit(model, ds, steps=3, min_seconds=3.0, max_steps=4)
+    assert (out["steps"], out["seconds"]) == (4, 2.0)

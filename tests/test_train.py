@@ -292,8 +292,9 @@ def test_fit_returns_the_best_epochs_weights(arrays, tmp_path, epochs):
     )
     assert len(history) == epochs
     np.testing.assert_array_equal(best.layers[-1].get_weights()[0], before)
-    if epochs == 1:  # the last epoch is the best: the model in memory, not reloaded
-        assert best is model
+    if epochs == 1:  # the last epoch is the best: the model in memory, not reloaded,
+        assert best is model  # and never saved (train.saves_until_last_epoch)
+        assert not (tmp_path / "work" / "best.keras").exists()
     else:  # the second epoch is worse: the first one's checkpoint, loaded
         assert history["val_loss"].iloc[1] > history["val_loss"].iloc[0]
         assert best is not model

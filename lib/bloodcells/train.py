@@ -423,12 +423,17 @@ def epoch_seeds(seed: int):
     return callback
 
 
-def backup_until_last_epoch(backup: Path, epochs: int):
-    """Keras's ``BackupAndRestore`` in ``backup``, without the save after the last epoch:
-    training ends there and deletes the backup, so that save (the weights and the
-    optimizer's state: seconds for the large backbones, every one-epoch run's only save)
-    would never be read. A run stopped after its last epoch began resumes from the backup
-    of the one before, as one stopped during it does."""
+def saves_until_last_epoch(
+    backup: Path, best: Path, epochs: int, monitor: str, mode: str
+) -> tuple[object, object]:
+    """Keras's ``BackupAndRestore`` in ``backup`` and its best-epoch ``ModelCheckpoint`` in
+    ``best``, neither saving after the last epoch, whose saves would never be read:
+    training ends there and deletes the backup, and :func:`fit_resumable` returns the model
+    in memory when the last epoch is the best (the checkpoint then only notes that it
+    improved). That is every one-epoch run's only saves, seconds each for the large
+    backbones. A run stopped after its last epoch began resumes from the backup of the one
+    before, with the best checkpoint among the epochs before, as one stopped during it does.
+    """
     import keras
 
     class BackupBeforeLastEpoch(keras.callbacks.BackupAndRestore):
@@ -436,7 +441,22 @@ def backup_until_last_epoch(backup: Path, epochs: int):
             if epoch + 1 < epochs:
                 super().on_epoch_end(epoch, logs)
 
-    return BackupBeforeLastEpoch(str(backup), delete_checkpoint=True)
+    class CheckpointBeforeLastEpoch(keras.callbacks.ModelCheckpoint):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 < epochs:
+                super().on_epoch_end(epoch, logs)
+                return
+            current = (logs or {}).get(self.monitor)
+            better = current is not None and (
+                self.best is None or (current > self.best if mode == "max" else current < self.best)
+            )
+            if better:
+                self.best = float(current)
+
+    return (
+        BackupBeforeLastEpoch(str(backup), delete_checkpoint=True),
+        CheckpointBeforeLastEpoch(str(best), monitor=monitor, mode=mode, save_best_only=True),
+    )
 
 
 def fit_resumable(
@@ -479,9 +499,7 @@ def fit_resumable(
     backup = work_dir / "backup"
     resuming = backup.exists() and best.exists()
     live = Live(dir=str(live_dir), resume=resuming, report=None, save_dvc_exp=False, dvcyaml=None)
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        str(best), monitor=monitor, mode=mode, save_best_only=True
-    )
+    backup_callback, checkpoint = saves_until_last_epoch(backup, best, epochs, monitor, mode)
     if resuming:  # keep the best epoch from before the interruption
         earlier = read_history(live_dir)
         if monitor in earlier:
@@ -496,7 +514,7 @@ def fit_resumable(
     # training weights (and the average in the optimizer), so a resumed run continues both.
     ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if _uses_ema(model) else []
     cbs = [
-        backup_until_last_epoch(backup, epochs),
+        backup_callback,
         *ema,
         checkpoint,
         keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bests.append(checkpoint.best)),
