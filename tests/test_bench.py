@@ -276,6 +276,35 @@ def test_the_machine_is_named_with_its_vector_extensions_and_cap(monkeypatch):
     capped = describe_machine({**base, "isa": ["avx2", "avx512f", "amx_bf16"],
                                "onednn_max_cpu_isa": "AVX2"})  # fmt: skip
     assert capped == "X, 2 cores, AMX (oneDNN capped to AVX2), GPUs: none"
+    off = describe_machine({**base, "isa": ["avx2", "fma"], "onednn_opts": "0"})
+    assert off == "X, 2 cores, AVX2 (TensorFlow's oneDNN kernels off), GPUs: none"
+
+
+@pytest.mark.parametrize(("setting", "on"), [(None, True), ("1", True), ("0", False)])
+def test_importing_the_study_turns_tensorflows_onednn_kernels_on_unless_told_not_to(setting, on):
+    """TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI, BF16 or AMX;
+    on an AVX2 CPU its own kernels train ResNet-50 2.8x slower (decision 021). Any entry
+    point imports ``bloodcells`` before TensorFlow, which then runs with oneDNN, unless the
+    environment says ``TF_ENABLE_ONEDNN_OPTS=0``. A fresh interpreter: TensorFlow reads
+    the variable once, when first imported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = (
+        "import bloodcells, tensorflow\n"
+        "from tensorflow.python.util import _pywrap_util_port as port\n"
+        "from bloodcells.timing import hardware\n"
+        "print(port.IsMklEnabled(), hardware()['onednn_opts'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env | {"TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert out == [str(on), setting or "1"]
 
 
 def test_smote_growth_is_what_smote_does_to_the_samples_training_split(built):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -274,7 +275,8 @@ def _calibration_key(cfg, machine: str) -> str:
     text = json.dumps(
         [machine, cfg.family, cfg.image_size, cfg.conv_widths, cfg.dense_units,
          cfg.batch_size, cfg.optimizer, cfg.whitening,  # the stem's 24-54 channels cost
-         CALIBRATION_STEPS, CALIBRATION_MAX_STEPS, CALIBRATION_SECONDS],  # how it is timed
+         CALIBRATION_STEPS, CALIBRATION_MAX_STEPS, CALIBRATION_SECONDS,  # how it is timed
+         os.environ.get("TF_ENABLE_ONEDNN_OPTS")],  # which kernels (decision 021)
         default=str,
     )  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -134,6 +134,8 @@ def hardware() -> dict:
         "cores": cores,
         "isa": [f for f in ISA_FLAGS if f in flags],
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        # "0": TensorFlow's own kernels, not oneDNN's (bloodcells/__init__.py turns them on)
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "gpus": gpus,
         "platform": platform.platform(),
     }
@@ -141,7 +143,7 @@ def hardware() -> dict:
 
 def describe_machine(hw: dict) -> str:
     """One line naming the machine as every timing must: CPU, cores, vector extensions,
-    oneDNN cap, GPUs."""
+    oneDNN cap (or oneDNN off), GPUs."""
     isa = hw.get("isa") or []
     top = "AMX" if "amx_bf16" in isa else "AVX-512" if "avx512f" in isa else "AVX2"
     if "avx2" not in isa and top == "AVX2":
@@ -150,6 +152,8 @@ def describe_machine(hw: dict) -> str:
     line = f"{hw['cpu']}, {hw['cores']} cores, {top}"
     if cap:
         line += f" (oneDNN capped to {cap})"
+    if hw.get("onednn_opts") == "0":
+        line += " (TensorFlow's oneDNN kernels off)"
     return line + f", GPUs: {', '.join(hw.get('gpus') or []) or 'none'}"
 
 
