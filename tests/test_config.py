@@ -136,9 +136,38 @@ def test_the_params_stage_checks_the_generalisation_section(tmp_path, capsys, mo
     )
     with pytest.raises(ParamsError, match=r"'generalisation\.severities'"):
         plan.stage_params(params)
-    monkeypatch.setattr(plan, "load_params", lambda: params)
+    monkeypatch.setattr(plan, "load_params", lambda profile=None: params)
     assert plan.main(["params"]) == 2
     assert "'generalisation.severities'" in capsys.readouterr().err
+
+
+def test_the_comparison_lists_what_the_default_profile_cuts_from_overnight():
+    from bloodcells import compare, plan
+    from bloodcells.config import differences
+
+    cpu = load_params(ROOT / "params.yaml", profile="cpu")
+    overnight = load_params(ROOT / "params.yaml", profile="overnight")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["profiles"]["overnight"]
+    rows = {r["setting"]: (r["this profile"], r["overnight"]) for r in differences(cpu, overnight)}
+    # every epoch count overnight restores is a row, with both values as resolved
+    for family, entry in raw["models"].items():
+        if "epochs" in entry:
+            assert rows[f"models.{family}.epochs"] == (
+                cpu["models"][family]["epochs"],
+                entry["epochs"],
+            )
+    assert rows["seed_spread.runs"] == (["cnn"], raw["seed_spread"]["runs"])
+    for change in raw["ablation"]["changes"]:  # a change only overnight runs: None here
+        assert rows[f"ablation.changes.{change}"][0] is None
+    assert "profile" not in rows and "data.sources" not in rows  # what both share is not
+    assert differences(overnight, overnight) == []
+    assert plan.stage_params(cpu, overnight)["compare"]["cuts"] == differences(cpu, overnight)
+    text, table = compare.cuts_table(overnight)
+    assert text.startswith("None") and table.empty
+    text, table = compare.cuts_table(cpu)
+    assert (
+        f"these {len(rows)} settings" in text and table.loc["models.cnn.epochs", "overnight"] == 24
+    )
 
 
 def test_the_params_stage_resolves_every_profile_without_tensorflow():

@@ -182,6 +182,21 @@ def test_comparison_audits_the_paper_against_its_notebooks(smoke_dag):
     assert "the paper swapped the two" in audit  # U-Net
 
 
+def test_comparison_says_what_the_profile_cuts_from_overnight(smoke_dag):
+    from bloodcells.config import differences
+
+    params = smoke_dag / "params.yaml"
+    rows = differences(load_params(params), load_params(params, profile="overnight"))
+    assert rows  # the smoke profile cuts epochs, sizes, seeds, studies
+    html = (smoke_dag / "reports/12_comparison.html").read_text()
+    start = html.index("What this profile leaves out")
+    section = html[start : html.index("<h2", start + 1)]
+    assert f"these {len(rows)} settings differ from" in section
+    for row in rows:  # every setting a row, with overnight's value beside
+        assert f">{row['setting']}</th>" in section, row["setting"]
+    assert "<td>24</td>" in section  # the CNN's epochs overnight
+
+
 def test_champion_is_chosen_on_validation_and_reported(smoke_dag):
     summary = json.loads((smoke_dag / "metrics/summary.json").read_text())
     champ = summary["champion"]

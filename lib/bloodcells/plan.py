@@ -7,7 +7,8 @@ the active profile, and the consumers depend on those files:
 
 * ``params`` (``python -m bloodcells.plan params``) resolves the active profile
   (:func:`bloodcells.config.load_params`) and writes ``build/params/<name>.json``;
-  DVC tracks it on ``profile``, ``profiles.<active>`` and the base sections only.
+  DVC tracks it on ``profile``, ``profiles.<active>``, ``profiles.overnight`` (the
+  comparison lists what the active profile cuts from it) and the base sections only.
 * ``inputs`` (``python -m bloodcells.plan inputs``), after ``preprocess``, writes
   ``build/inputs/<key>.json``: the SHA-256 of every cached array a family trains on (at
   each size it uses) and of the manifest, so adding an image size retrains nothing that
@@ -26,7 +27,7 @@ import sys
 from pathlib import Path
 
 from bloodcells import ablation, matched, remedies, seeds, shift
-from bloodcells.config import ParamsError, load_params
+from bloodcells.config import LARGEST_CPU_PROFILE, ParamsError, differences, load_params
 from bloodcells.paths import manifest_path, processed_dir, project_root
 
 PARAMS_DIR = Path("build/params")
@@ -37,8 +38,10 @@ INPUTS_DIR = Path("build/inputs")
 SPLIT_KEYS = ("seed", "test_size", "val_size", "n_folds", "near_duplicate_max_distance")
 
 
-def stage_params(params: dict) -> dict[str, dict]:
-    """``{file name: what its consumer reads}`` for every consumer of params."""
+def stage_params(params: dict, largest: dict | None = None) -> dict[str, dict]:
+    """``{file name: what its consumer reads}`` for every consumer of params. ``largest``:
+    the resolved overnight profile, whose differences from this one the comparison shows
+    (what this profile cuts)."""
     out = {
         "data": {"data": params["data"]},
         "preprocess": {"preprocess": params["preprocess"]},
@@ -49,6 +52,7 @@ def stage_params(params: dict) -> dict[str, dict]:
             "champion": params["champion"],
             matched.SECTION: params[matched.SECTION],
             ablation.SECTION: params[ablation.SECTION],
+            "cuts": differences(params, largest) if largest is not None else [],
         },
         "generalisation": {
             "profile": params["profile"],
@@ -208,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params()
         if args.what == "params":
-            files, folder = stage_params(params), root / PARAMS_DIR
+            largest = load_params(profile=LARGEST_CPU_PROFILE)
+            files, folder = stage_params(params, largest), root / PARAMS_DIR
         else:
             files, folder = stage_inputs(params, root), root / INPUTS_DIR
     except ParamsError as err:  # a wrong value in params.yaml: say which, no traceback
