@@ -101,6 +101,19 @@ class Block:
     seconds: float = 0.0
 
 
+def fresh_python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """The last line ``code`` prints in a fresh interpreter (with ``args`` as ``sys.argv[1:]``),
+    run from the project root: this one has long since imported TensorFlow, which reads
+    its settings once, when first imported."""
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, cwd=ROOT,
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip().splitlines()[-1]
+
+
 def readme_blocks(readme: Path = ROOT / "README.md") -> list[Block]:
     """Every ```bash block of the README, in order; those right after a
     ``<!-- not run by tests/test_readme.py: why -->`` line carry their reason."""

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from bloodcells.config import ParamsError, load_params, params_hash
+from tests.conftest import fresh_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,9 +176,6 @@ def test_the_params_stage_resolves_every_profile_without_tensorflow():
     test): resolving and checking every profile must not import Keras, which costs about
     10 s a process on a 2-core AVX2 CPU. In a fresh interpreter, since this session has
     long since loaded TensorFlow."""
-    import subprocess
-    import sys
-
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     script = (
         "import sys\n"
@@ -188,11 +186,4 @@ def test_the_params_stage_resolves_every_profile_without_tensorflow():
         "    assert plan.stage_params(load_params(Path(sys.argv[1]), profile=p))\n"
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(ROOT / "params.yaml"), *raw["profiles"]],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+    assert fresh_python(script, str(ROOT / "params.yaml"), *raw["profiles"]) == "[]"

@@ -10,6 +10,7 @@ import pytest
 
 from bloodcells import stage
 from bloodcells.notebooks import clean_notebook, dumps, pre_save_hook
+from tests.conftest import fresh_python
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -112,8 +113,6 @@ def test_report_notebooks_start_without_tensorflow():
     TensorFlow unloaded (about 10 s per stage on a 2-core AVX2 CPU; decision 019), except
     SupCon's, which does load it: the check can fail."""
     import ast
-    import subprocess
-    import sys
 
     def imported(path: Path) -> list[str]:
         nb = nbformat.read(path, as_version=4)
@@ -133,10 +132,7 @@ def test_report_notebooks_start_without_tensorflow():
     )
 
     def loads_tensorflow(mods: list[str]) -> bool:
-        done = subprocess.run(
-            [sys.executable, "-c", script, *mods], capture_output=True, text=True, check=True
-        )
-        return done.stdout.strip().splitlines()[-1] == "True"
+        return fresh_python(script, *mods) == "True"
 
     imports = {path.name: imported(path) for path in NOTEBOOKS}
     assert all(imports.values()), imports

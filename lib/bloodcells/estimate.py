@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -271,12 +270,12 @@ def calibrate(
     return {"train": timed["steps"] * batch / timed["seconds"], "inference": infer}
 
 
-def _calibration_key(cfg, machine: str) -> str:
+def _calibration_key(cfg, machine: str, onednn_opts: str | None) -> str:
     text = json.dumps(
         [machine, cfg.family, cfg.image_size, cfg.conv_widths, cfg.dense_units,
          cfg.batch_size, cfg.optimizer, cfg.whitening,  # the stem's 24-54 channels cost
          CALIBRATION_STEPS, CALIBRATION_MAX_STEPS, CALIBRATION_SECONDS,  # how it is timed
-         os.environ.get("TF_ENABLE_ONEDNN_OPTS")],  # which kernels (decision 021)
+         onednn_opts],  # which kernels (decision 021)
         default=str,
     )  # fmt: skip
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -288,14 +287,15 @@ def estimate(params: dict, root: Path | None = None, cache: Path | None = None) 
     cache = cache or root / ".cache" / "estimate.json"
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     n_train, n_val, n_test = split_sizes(params, root)
-    machine = describe_machine(hardware())  # once: it reads /proc/cpuinfo and asks TF
+    hw = hardware()  # once: it reads /proc/cpuinfo and asks TF
+    machine = describe_machine(hw)
     rows, short = [], []
     for run in plan(params, n_train, n_val, n_test):
         cfg = run.config(params)
         if training_steps(run, cfg.batch_size) < MIN_STEPS:
             short.append(run.what)
             continue
-        key = _calibration_key(cfg, machine)
+        key = _calibration_key(cfg, machine, hw["onednn_opts"])
         if key not in known:
             known[key] = calibrate(params, run)
             cache.parent.mkdir(parents=True, exist_ok=True)
