@@ -142,34 +142,36 @@ def test_the_params_stage_checks_the_generalisation_section(tmp_path, capsys, mo
     assert "'generalisation.severities'" in capsys.readouterr().err
 
 
-def test_the_comparison_lists_what_the_default_profile_cuts_from_overnight():
-    from bloodcells import compare, plan
+def test_the_reports_index_lists_what_the_default_profile_cuts_from_overnight(tmp_path):
+    from bloodcells import plan, site
     from bloodcells.config import differences
 
     cpu = load_params(ROOT / "params.yaml", profile="cpu")
     overnight = load_params(ROOT / "params.yaml", profile="overnight")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())["profiles"]["overnight"]
     rows = {r["setting"]: (r["this profile"], r["overnight"]) for r in differences(cpu, overnight)}
-    # every epoch count overnight restores is a row, with both values as resolved
+    # every epoch count overnight sets is a row, with both values as resolved
     for family, entry in raw["models"].items():
         if "epochs" in entry:
-            assert rows[f"models.{family}.epochs"] == (
-                cpu["models"][family]["epochs"],
-                entry["epochs"],
-            )
-    assert rows["seed_spread.runs"] == (["cnn"], raw["seed_spread"]["runs"])
+            pair = (cpu["models"][family]["epochs"], entry["epochs"])
+            assert rows[f"models.{family}.epochs"] == pair
+    assert rows["seed_spread.runs"] == (cpu["seed_spread"]["runs"], raw["seed_spread"]["runs"])
     for change in raw["ablation"]["changes"]:  # a change only overnight runs: None here
         assert rows[f"ablation.changes.{change}"][0] is None
     assert "profile" not in rows and "data.sources" not in rows  # what both share is not
     assert differences(overnight, overnight) == []
-    assert plan.stage_params(cpu, overnight)["compare"]["cuts"] == differences(cpu, overnight)
-    text, table = compare.cuts_table(overnight)
-    assert text.startswith("None") and table.empty
-    text, table = compare.cuts_table(cpu)
-    assert (
-        f"these {len(rows)} settings" in text
-        and table.loc["models.cnn.epochs", "overnight"] == raw["models"]["cnn"]["epochs"]
-    )
+    # the params stage writes them for the site stage; the index renders each row
+    for params, expected in ((overnight, 0), (cpu, len(rows))):
+        body = plan.stage_params(params, overnight)["site"]
+        assert body == {"profile": params["profile"], "cuts": differences(params, overnight)}
+        plan.write_all({"site": body}, tmp_path / plan.PARAMS_DIR)
+        section = "".join(site.cuts_section(tmp_path))
+        assert section.count("<tr>") == expected + (expected > 0)  # and the header
+    assert section.startswith("<h2>What this profile leaves out</h2>")
+    assert f"these {len(rows)} settings" in section
+    here, there = cpu["models"]["cnn"]["epochs"], raw["models"]["cnn"]["epochs"]
+    assert f"<tr><td>models.cnn.epochs</td><td>{here}</td><td>{there}</td></tr>" in section
+    assert "<td>ablation.changes.ema</td><td>—</td>" in section  # not run under cpu
 
 
 def test_the_params_stage_resolves_every_profile_without_tensorflow():

@@ -146,6 +146,7 @@ EDITS = [
             "report-robust",  # the test CIs of its conclusion
             "compare",
             "export",
+            "site",  # the index lists each setting that differs from overnight's
         },
     ),
     (
@@ -186,14 +187,15 @@ EDITS = [
         "one family's key: models.cnn.epochs (active)",
         _edit_yaml(_smoke("models", "cnn", "epochs", value=3)),
         (),
-        # the studies set their own epochs; the seed spread retrains the CNN's own recipe
-        {"train@cnn", "report@cnn", "train-seeds"},
+        # the studies set their own epochs; the seed spread retrains the CNN's own recipe;
+        # the index lists the setting beside overnight's (as it does each edit below)
+        {"train@cnn", "report@cnn", "train-seeds", "site"},
     ),
     (
         "the seed spread's seeds: seed_spread.seeds (active)",
         _edit_yaml(_smoke("seed_spread", "seeds", value=[42, 43, 44])),
         (),
-        {"train-seeds"},  # the persistent runs of seeds 42 and 43 are reused, not retrained
+        {"train-seeds", "site"},  # the persistent runs of seeds 42 and 43 are reused
     ),
     (
         "the seed spread's report code: lib/bloodcells/seed_report.py",
@@ -206,7 +208,7 @@ EDITS = [
         _edit_yaml(_smoke("compute_matched", "seeds", value=[42, 43, 44])),
         (),
         # the persistent runs of seeds 42 and 43 are reused; the report reads the section
-        {"train-matched", "compare"},
+        {"train-matched", "compare", "site"},
     ),
     (
         "the compute-matched report code: lib/bloodcells/matched_report.py",
@@ -219,7 +221,7 @@ EDITS = [
         _edit_yaml(_smoke("ablation", "changes", value={"ema": {"ema_momentum": 0.5}})),
         (),
         # the base's persistent runs are reused; the report reads the section
-        {"train-ablation", "compare"},
+        {"train-ablation", "compare", "site"},
     ),
     (
         "the ablation's report code: lib/bloodcells/ablation_report.py",
@@ -231,13 +233,13 @@ EDITS = [
         "a study's setting: shuffling.epochs (active)",
         _edit_yaml(_smoke("shuffling", "epochs", value=2)),
         (),
-        {"shuffling", "paper-protocol"},
+        {"shuffling", "paper-protocol", "site"},
     ),
     (
         "a remedy study's setting: robust_training.epochs (active)",
         _edit_yaml(_smoke("robust_training", "epochs", value=2)),
         (),
-        {"train-robust", "report-robust"},
+        {"train-robust", "report-robust", "site"},
     ),
     (
         "a new cached size: preprocess.image_sizes + 64 (preprocess rerun for real)",

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bloodcells.config import LARGEST_CPU_PROFILE, differences, load_params
 from bloodcells.paper import PAPER_LABEL, paper_accuracy
 from bloodcells.paths import CLASSES, project_root, resolve
 from bloodcells.report import chosen_on_validation, ci
@@ -79,22 +78,6 @@ def comparison_table(runs: list[dict]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).set_index("model").sort_values("test acc.", ascending=False)
-
-
-def cuts_table(params: dict) -> tuple[str, pd.DataFrame]:
-    """What the active profile cuts from the overnight one: a sentence, and one row per
-    setting with its value here and there (``None``: not set, a study or change not run)."""
-    rows = differences(params, load_params(profile=LARGEST_CPU_PROFILE))
-    table = pd.DataFrame(rows, columns=["setting", "this profile", LARGEST_CPU_PROFILE])
-    if not rows:
-        return f"None: this is the `{LARGEST_CPU_PROFILE}` profile.", table.set_index("setting")
-    text = (
-        f"Under `{params['profile']}` these {len(rows)} settings differ from "
-        f"`{LARGEST_CPU_PROFILE}`, the largest CPU profile: every number in this report is "
-        f"at the left column's values; `dvc exp run -S profile={LARGEST_CPU_PROFILE}` runs "
-        "the right column's."
-    )
-    return text, table.set_index("setting")
 
 
 def pairwise_mcnemar(runs: list[dict], top: int = 5, alpha: float = 0.05) -> pd.DataFrame:

@@ -8,7 +8,7 @@ the active profile, and the consumers depend on those files:
 * ``params`` (``python -m bloodcells.plan params``) resolves the active profile
   (:func:`bloodcells.config.load_params`) and writes ``build/params/<name>.json``;
   DVC tracks it on ``profile``, ``profiles.<active>``, ``profiles.overnight`` (the
-  comparison lists what the active profile cuts from it) and the base sections only.
+  reports' index lists what the active profile cuts from it) and the base sections only.
 * ``inputs`` (``python -m bloodcells.plan inputs``), after ``preprocess``, writes
   ``build/inputs/<key>.json``: the SHA-256 of every cached array a family trains on (at
   each size it uses) and of the manifest, so adding an image size retrains nothing that
@@ -40,8 +40,8 @@ SPLIT_KEYS = ("seed", "test_size", "val_size", "n_folds", "near_duplicate_max_di
 
 def stage_params(params: dict, largest: dict | None = None) -> dict[str, dict]:
     """``{file name: what its consumer reads}`` for every consumer of params. ``largest``:
-    the resolved overnight profile, whose differences from this one the comparison shows
-    (what this profile cuts)."""
+    the resolved overnight profile, whose differences from this one the reports' index
+    shows (what this profile cuts)."""
     out = {
         "data": {"data": params["data"]},
         "preprocess": {"preprocess": params["preprocess"]},
@@ -52,6 +52,9 @@ def stage_params(params: dict, largest: dict | None = None) -> dict[str, dict]:
             "champion": params["champion"],
             matched.SECTION: params[matched.SECTION],
             ablation.SECTION: params[ablation.SECTION],
+        },
+        "site": {
+            "profile": params["profile"],
             "cuts": differences(params, largest) if largest is not None else [],
         },
         "generalisation": {

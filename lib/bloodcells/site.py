@@ -2,7 +2,9 @@
 
 One self-contained page (no external scripts, fonts or images; figures embedded as data
 URIs) that links every notebook report, shows the headline table and figure from
-``metrics/summary.json`` and states the provenance of the numbers.
+``metrics/summary.json``, lists what the active profile cuts from the overnight one
+(``build/params/site.json``, written by the params stage) and states the provenance of
+the numbers.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+from bloodcells.config import LARGEST_CPU_PROFILE
 from bloodcells.paths import project_root, reports_dir
+from bloodcells.plan import PARAMS_DIR
 from bloodcells.timing import describe_machine, git_output, hardware, read_timings
 
 CSS = """
@@ -37,6 +41,36 @@ def _title(report: Path) -> str:
 def _img(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _value(value) -> str:
+    return "—" if value is None else html.escape(json.dumps(value))
+
+
+def cuts_section(root: Path) -> list[str]:
+    """What the active profile cuts from the overnight one, from the params stage's
+    ``site.json``: a sentence, and a row per setting with both values."""
+    path = root / PARAMS_DIR / "site.json"
+    if not path.is_file():
+        return []
+    body = json.loads(path.read_text())
+    rows, big = body["cuts"], LARGEST_CPU_PROFILE
+    parts = ["<h2>What this profile leaves out</h2>"]
+    if not rows:
+        return [*parts, f"<p>Nothing: this is the <code>{big}</code> profile.</p>"]
+    parts.append(
+        f"<p>Under <code>{html.escape(body['profile'])}</code> these {len(rows)} settings "
+        f"differ from <code>{big}</code>, the largest CPU profile: every number in these "
+        f"reports is at this profile's values; <code>dvc exp run -S profile={big}</code> "
+        "runs the other column's (—: not set, a study or change not run).</p>"
+        f"<table><tr><th>setting</th><th>this profile</th><th>{big}</th></tr>"
+    )
+    parts += [
+        f"<tr><td>{html.escape(r['setting'])}</td><td>{_value(r['this profile'])}</td>"
+        f"<td>{_value(r[big])}</td></tr>"
+        for r in rows
+    ]
+    return [*parts, "</table>"]
 
 
 def build_index(root: Path | None = None) -> Path:
@@ -106,6 +140,7 @@ def build_index(root: Path | None = None) -> Path:
                 f"<td>{timing.get('train_minutes', 'n/a')}</td></tr>"
             )
         parts.append("</table>")
+    parts += cuts_section(root)
     figure = reports / "figures" / "forest.png"
     if figure.is_file():
         parts.append(f"<h2>Ranking with confidence intervals</h2>{_img(figure)}")
