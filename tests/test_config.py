@@ -144,7 +144,7 @@ def test_the_params_stage_checks_the_generalisation_section(tmp_path, capsys, mo
 
 def test_the_reports_index_lists_what_the_default_profile_cuts_from_overnight(tmp_path):
     from bloodcells import plan, site
-    from bloodcells.config import differences
+    from bloodcells.plan import differences
 
     cpu = load_params(ROOT / "params.yaml", profile="cpu")
     overnight = load_params(ROOT / "params.yaml", profile="overnight")

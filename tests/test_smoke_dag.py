@@ -183,7 +183,7 @@ def test_comparison_audits_the_paper_against_its_notebooks(smoke_dag):
 
 
 def test_the_index_says_what_the_profile_cuts_from_overnight(smoke_dag):
-    from bloodcells.config import differences
+    from bloodcells.plan import differences
 
     params = smoke_dag / "params.yaml"
     smoke, overnight = load_params(params), load_params(params, profile="overnight")

@@ -256,24 +256,3 @@ def notebook_params(profile: str | None = None, **sections: dict | None) -> dict
     params = load_params(profile=profile)
     params.update(injected)
     return validate(params)
-
-
-#: the profile whose settings the default one cuts (README, Profiles)
-LARGEST_CPU_PROFILE = "overnight"
-
-
-def differences(params: Mapping, reference: Mapping, prefix: str = "") -> list[dict]:
-    """Every setting (a dotted key) whose value differs between two resolved params, with
-    both values: what ``params``' profile cuts from (or adds to) ``reference``'s. A list is
-    one setting; a key that only one side has is shown as ``None`` on the other."""
-    rows = []
-    for key in [*params, *(k for k in reference if k not in params)]:
-        if not prefix and key == "profile":
-            continue
-        dotted = f"{prefix}{key}"
-        a, b = params.get(key), reference.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            rows.extend(differences(a, b, f"{dotted}."))
-        elif a != b:
-            rows.append({"setting": dotted, "this profile": a, LARGEST_CPU_PROFILE: b})
-    return rows

@@ -24,14 +24,18 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from bloodcells import ablation, matched, remedies, seeds, shift
-from bloodcells.config import LARGEST_CPU_PROFILE, ParamsError, differences, load_params
+from bloodcells.config import ParamsError, load_params
 from bloodcells.paths import manifest_path, processed_dir, project_root
 
 PARAMS_DIR = Path("build/params")
 INPUTS_DIR = Path("build/inputs")
+
+#: the profile whose settings the default one cuts (README, Profiles)
+LARGEST_CPU_PROFILE = "overnight"
 
 #: Keys of ``preprocess`` that shape the arrays or splits a model sees. ``image_sizes``
 #: (which sizes are cached) and ``workers`` (how fast) do not.
@@ -108,6 +112,23 @@ def stage_params(params: dict, largest: dict | None = None) -> dict[str, dict]:
         ablation.SECTION: section,
     }
     return out
+
+
+def differences(params: Mapping, reference: Mapping, prefix: str = "") -> list[dict]:
+    """Every setting (a dotted key) whose value differs between two resolved params, with
+    both values: what ``params``' profile cuts from (or adds to) ``reference``'s. A list is
+    one setting; a key that only one side has is shown as ``None`` on the other."""
+    rows = []
+    for key in [*params, *(k for k in reference if k not in params)]:
+        if not prefix and key == "profile":
+            continue
+        dotted = f"{prefix}{key}"
+        a, b = params.get(key), reference.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            rows.extend(differences(a, b, f"{dotted}."))
+        elif a != b:
+            rows.append({"setting": dotted, "this profile": a, LARGEST_CPU_PROFILE: b})
+    return rows
 
 
 #: params sections that are studies of their own, each a training stage

@@ -17,9 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from bloodcells.config import LARGEST_CPU_PROFILE
 from bloodcells.paths import project_root, reports_dir
-from bloodcells.plan import PARAMS_DIR
+from bloodcells.plan import LARGEST_CPU_PROFILE, PARAMS_DIR
 from bloodcells.timing import describe_machine, git_output, hardware, read_timings
 
 CSS = """
