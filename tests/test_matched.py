@@ -64,7 +64,7 @@ def test_every_family_trains_one_protocol_whatever_its_own_recipe(overnight):
     )
     assert len({models[f]["image_size"] for f in section["families"]}) > 1
     configs = {f: asdict(matched.config(section, models, f, 43)) for f in section["families"]}
-    protocol = {**section["recipe"], "image_size": 80, "epochs": 2, "seed": 43}
+    protocol = {**section["recipe"], "image_size": 80, "epochs": section["epochs"], "seed": 43}
     for family, cfg in configs.items():
         assert {k: cfg[k] for k in protocol} == protocol, family
         assert (cfg["weights"], cfg["frozen_fraction"]) == ("none", 0.0)
@@ -79,7 +79,7 @@ def test_every_family_trains_one_protocol_whatever_its_own_recipe(overnight):
 
 def test_the_stage_reads_the_architecture_not_the_recipe_of_a_family(overnight):
     def resolved(params):
-        return plan.stage_params(params)["compute_matched"]
+        return plan.stage_params(params, overnight)["compute_matched"]
 
     before = resolved(overnight)
     edited = copy.deepcopy(overnight)
@@ -97,7 +97,7 @@ def test_the_estimate_counts_every_run_of_the_study(overnight):
     runs = [r for r in estimate.plan(overnight, 900, 200, 500) if r.stage == matched.STAGE]
     section = overnight["compute_matched"]
     assert len(runs) == len(section["families"]) * len(section["seeds"])
-    assert {r.epochs for r in runs} == {2}
+    assert {r.epochs for r in runs} == {section["epochs"]}
     cfg = runs[0].config(overnight)
     assert (cfg.image_size, cfg.optimizer, cfg.learning_rate) == (80, "adam", 0.001)
     cpu = load_params(ROOT / "params.yaml", profile="cpu")

@@ -42,10 +42,11 @@ LARGEST_CPU_PROFILE = "overnight"
 SPLIT_KEYS = ("seed", "test_size", "val_size", "n_folds", "near_duplicate_max_distance")
 
 
-def stage_params(params: dict, largest: dict | None = None) -> dict[str, dict]:
+def stage_params(params: dict, largest: dict) -> dict[str, dict]:
     """``{file name: what its consumer reads}`` for every consumer of params. ``largest``:
-    the resolved overnight profile, whose differences from this one the reports' index
-    shows (what this profile cuts)."""
+    the resolved overnight profile (:data:`LARGEST_CPU_PROFILE`), whose differences from
+    this one the reports' index shows (what this profile cuts). Required: without it the
+    index could not tell a profile that cuts nothing from one whose cuts went unread."""
     out = {
         "data": {"data": params["data"]},
         "preprocess": {"preprocess": params["preprocess"]},
@@ -59,7 +60,7 @@ def stage_params(params: dict, largest: dict | None = None) -> dict[str, dict]:
         },
         "site": {
             "profile": params["profile"],
-            "cuts": differences(params, largest) if largest is not None else [],
+            "cuts": differences(params, largest),
         },
         "generalisation": {
             "profile": params["profile"],
