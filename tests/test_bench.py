@@ -216,6 +216,23 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     assert f"{expected / 60:7.1f} min" in text and "profile 'smoke'" in text
 
 
+def test_a_head_only_hybrid_is_calibrated_and_costs_forward_passes(tmp_path, monkeypatch):
+    """``models.hybrid.epochs: 0`` (the frozen phase alone): its steps are forward passes,
+    but steps, so it is calibrated like any long run and costed at inference speed."""
+    from bloodcells import estimate
+
+    params = copy.deepcopy(load_params(ROOT / "params.yaml", profile="smoke"))
+    params["models"]["hybrid"] |= {"epochs": 0, "frozen_epochs": 2}
+    hybrid = next(r for r in estimate.plan(params, 7000, 1700, 3800) if r.key == "hybrid")
+    assert (hybrid.epochs, hybrid.frozen_epochs) == (2, 2)
+    assert estimate.training_steps(hybrid, 8) == 2 * 875 >= estimate.MIN_STEPS
+    monkeypatch.setattr(estimate, "calibrate", lambda p, run: {"train": 10.0, "inference": 400.0})
+    monkeypatch.setattr(estimate, "split_sizes", lambda params, root: (7000, 1700, 3800))
+    out = estimate.estimate(params, tmp_path, tmp_path / "cache.json")
+    row = next(r for r in out["runs"] if r["stage"] == "hybrid")
+    assert row["seconds"] == pytest.approx(2 * 7000 / 400 + 2 * 1700 / 400)  # no training
+
+
 def test_runs_too_short_to_time_are_not_calibrated(tmp_path, monkeypatch, built, sample_dir):
     """The smoke profile on the sample: every run is a few steps, so the estimate calibrates
     none (it would take longer than the training) and says so; one long run is calibrated."""

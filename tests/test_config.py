@@ -97,6 +97,11 @@ def test_not_yaml(tmp_path):
         (lambda r: r["models"]["cnn"].update(balance="undersample"), r"'models\.cnn\.balance'"),
         (lambda r: r["train"].update(weights="imagenet21k"), r"'train\.weights'.*none, imagenet"),
         (lambda r: r["models"]["cnn"].update(epochs=0), r"'models\.cnn\.epochs'"),
+        (  # the hybrid's joint phase may be skipped only when a frozen phase trains
+            lambda r: r["models"]["hybrid"].update(epochs=0, frozen_epochs=0),
+            r"'models\.hybrid\.epochs' must be an integer >= 1; got 0",
+        ),
+        (lambda r: r["models"]["hybrid"].update(frozen_epochs=-1), r"'models\.hybrid\.frozen_"),
         (lambda r: r["models"]["cnn"].update(image_size=48), r"'models\.cnn\.image_size' is 48"),
         (
             lambda r: r["champion"].update(tta_views=3),

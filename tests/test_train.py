@@ -63,6 +63,21 @@ def test_bad_settings_name_the_key(smoke_params, change, message):
         train.family_config(smoke_params, "cnn", opt, **change)
 
 
+def test_only_the_hybrid_with_a_frozen_phase_may_skip_its_joint_phase(smoke_params):
+    """``models.hybrid.epochs: 0`` trains the head on the frozen branches only (the paper's
+    second hybrid run); a hybrid without frozen epochs, or any other family, still needs
+    an epoch."""
+    assert train.family_config(smoke_params, "hybrid", epochs=0).epochs == 0
+    without = smoke_params | {
+        "models": smoke_params["models"]
+        | {"hybrid": smoke_params["models"]["hybrid"] | {"frozen_epochs": 0}}
+    }
+    with pytest.raises(ModelConfigError, match=r"'models\.hybrid\.epochs'.*may be 0 when"):
+        train.family_config(without, "hybrid", epochs=0)
+    with pytest.raises(ModelConfigError, match=r"'models\.cnn\.epochs' must be a positive"):
+        train.family_config(smoke_params | {"models": smoke_params["models"]}, "cnn", epochs=0)
+
+
 @pytest.mark.parametrize("on", [False, True])
 def test_graph_optimizer_follows_the_config(smoke_params, on):
     import tensorflow as tf
@@ -490,6 +505,50 @@ def test_hybrid_scores_the_weights_of_the_phase_it_selects(
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(got, trained[other], strict=True))
     assert len(chosen.history) == 2  # both phases' epochs in the record
+
+
+def test_a_hybrid_without_joint_epochs_trains_only_its_head(smoke_params, arrays, tmp_path):
+    """No joint phase: the frozen phase trains the built model's head, its base untouched,
+    and is the phase selected (there is no other)."""
+    from bloodcells import hybrid
+
+    def freeze(model):
+        model.get_layer("base").trainable = False
+        return model
+
+    cfg = train.family_config(smoke_params, "cnn", epochs=1, deterministic=False)
+    cfg = dataclasses.replace(cfg, learning_rate=0.05)
+    model = _phase_model()
+    base, head = (model.get_layer(n).get_weights() for n in ("base", "head"))
+    dirs = {"work": tmp_path / "work", "live": tmp_path / "live"}
+    chosen, phases = hybrid.train_phases(
+        dataclasses.replace(cfg, epochs=0), cfg, model, arrays, dirs, 0, freeze
+    )
+    assert phases["selected_phase"] == "frozen" and phases["val_accuracy_joint"] is None
+    assert phases["val_accuracy_frozen"] == float(chosen.history["val_accuracy"].max())
+    assert len(chosen.history) == cfg.epochs  # the frozen epochs only
+    assert not (dirs["work"] / "joint").exists()
+    for a, b in zip(chosen.model.get_layer("base").get_weights(), base, strict=True):
+        np.testing.assert_array_equal(a, b)
+    after = chosen.model.get_layer("head").get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(after, head, strict=True))
+
+
+def test_the_hybrid_verdict_says_how_the_hybrid_was_trained():
+    from bloodcells.report import hybrid_verdict
+
+    def run(variant, accuracy, **extra):
+        ci = {"accuracy": [accuracy - 0.01, accuracy + 0.01]}
+        test = {"accuracy": accuracy, "ci95": ci}
+        return {"variant": variant, "test": test, "image_size": 80, "from_stages": True, **extra}
+
+    branches = [run("inceptionv3", 0.85), run("xception", 0.88)]
+    both = hybrid_verdict(run("hybrid", 0.94, joint_epochs=1, frozen_epochs=1), branches)
+    assert "6.00 points above xception" in both
+    assert "trained 1 joint + 1 frozen epoch(s) at 80 px, starting from the stage" in both
+    head = hybrid_verdict(run("hybrid", 0.87, joint_epochs=0, frozen_epochs=1), branches)
+    assert "1.00 points below xception" in head
+    assert "Only its head was trained, 1 epoch(s) at 80 px" in head and "joint" not in head
 
 
 def test_training_clock_leaves_validation_out():

@@ -197,7 +197,8 @@ def bench_family(
     configure_tensorflow(cfg)
     batch = cfg.batch_size * distribution_strategy().num_replicas_in_sync
     with distribution_strategy().scope():
-        model = compiled_classifier(cfg, cfg.epochs * -(-len(x_tr) // batch))
+        # (a schedule over at least an epoch: the hybrid's joint phase may have none)
+        model = compiled_classifier(cfg, max(cfg.epochs, 1) * -(-len(x_tr) // batch))
     pipeline = make_dataset(
         x_tr, y_tr, batch, True, cfg.augment, cfg.seed, views=cfg.dihedral_views
     ).repeat()

@@ -173,7 +173,12 @@ def validate(params: dict) -> dict:
                     f"Params key 'models.{key}.{name}' has {bad[0]!r}; "
                     f"allowed: {', '.join(values)}."
                 )
-        _check_positive_int(params, f"models.{key}.epochs")
+        if key == "hybrid" and "frozen_epochs" in entry:  # 0 joint epochs: the head only
+            _check_positive_int(params, "models.hybrid.frozen_epochs", 0)
+            joint = 0 if entry["frozen_epochs"] >= 1 else 1
+            _check_positive_int(params, "models.hybrid.epochs", joint)
+        else:
+            _check_positive_int(params, f"models.{key}.epochs")
         _require(params, f"models.{key}.image_size")
         for name, size in entry.items():
             if name.endswith("image_size") and size not in sizes:

@@ -225,10 +225,11 @@ MIN_STEPS = 40
 
 
 def training_steps(run: Run, batch_size: int) -> int:
-    """The optimizer steps ``run`` takes at ``batch_size``, counted as the trainer counts
-    them (a short last batch is a step; its frozen epochs take none). SupCon's two views
-    make each step costlier, not more numerous."""
-    return (run.epochs - run.frozen_epochs) * steps_per_epoch(run.train, batch_size)
+    """The steps ``run`` takes at ``batch_size``, counted as the trainer counts them (a
+    short last batch is a step), its frozen epochs' included (forward passes, but steps:
+    the hybrid's may be all it trains). SupCon's two views make each step costlier, not
+    more numerous."""
+    return run.epochs * steps_per_epoch(run.train, batch_size)
 
 
 #: the calibration times at least this many training steps, and goes on to

@@ -98,7 +98,8 @@ def train_phases(
     freeze=None,
 ) -> tuple[TrainResult, dict]:
     """The two phases: ``cfg.epochs`` joint, then ``cfg2.epochs`` with ``freeze`` applied
-    (default: :func:`bloodcells.models.freeze_branches`).
+    (default: :func:`bloodcells.models.freeze_branches`); with no joint epochs, the frozen
+    phase alone (the paper's second hybrid run: only the head trains).
 
     Phase 2 trains a copy of the joint phase's selected model, so each phase keeps its own
     best-validation weights; the phase with the better validation accuracy is returned (its
@@ -110,6 +111,17 @@ def train_phases(
 
     freeze = freeze or freeze_branches
     (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
+    if cfg.epochs == 0:  # no joint phase: the head alone on the frozen branches
+        frozen = train_model(
+            cfg2, x_tr, y_tr, x_val, y_val, dirs["work"] / "frozen", dirs["live"] / "frozen",
+            model=freeze(model), verbose=verbose,
+        )  # fmt: skip
+        best = float(frozen.history["val_accuracy"].max())
+        return frozen, {
+            "selected_phase": "frozen",
+            "val_accuracy_joint": None,
+            "val_accuracy_frozen": best,
+        }
     joint = train_model(
         cfg, x_tr, y_tr, x_val, y_val, dirs["work"] / "joint", dirs["live"] / "joint",
         model=model, verbose=verbose,

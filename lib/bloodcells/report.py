@@ -295,8 +295,12 @@ def hybrid_verdict(hybrid: dict, branches: list[dict]) -> str:
     return (
         f"On the same test split the hybrid ({pct(hybrid['test']['accuracy'])}) is "
         + " and ".join(parts)
-        + f". It was trained {hybrid['joint_epochs']} joint + {hybrid['frozen_epochs']} frozen "
-        f"epoch(s) at {hybrid['image_size']} px, "
+        + (
+            f". It was trained {hybrid['joint_epochs']} joint + {hybrid['frozen_epochs']} frozen "
+            if hybrid["joint_epochs"]
+            else f". Only its head was trained, {hybrid['frozen_epochs']} "
+        )
+        + f"epoch(s) at {hybrid['image_size']} px, "
         f"{'starting from the stage 08/09 branches' if hybrid['from_stages'] else 'from scratch'}."
     )
 

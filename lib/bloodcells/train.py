@@ -80,9 +80,19 @@ class TrainConfig:
         fam = get_family(self.family, f"{key}")
         check_size(fam, self.image_size, f"{key}.image_size")
         check_weights(fam, self.weights, f"{key}.weights")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
+        # the hybrid's `epochs` are its joint phase's: 0 trains the frozen phase only (the
+        # paper's second hybrid run, head only), when there is one
+        frozen = self.extra.get("frozen_epochs") if self.family == "hybrid" else None
+        head_only = isinstance(frozen, int) and frozen >= 1
+        if not isinstance(self.epochs, int) or self.epochs < (0 if head_only else 1):
             raise ModelConfigError(
-                f"Params key '{key}.epochs' must be a positive integer; got {self.epochs!r}."
+                f"Params key '{key}.epochs' must be a positive integer"
+                + (
+                    " (the hybrid's may be 0 when frozen_epochs is at least 1)"
+                    if frozen is not None
+                    else ""
+                )
+                + f"; got {self.epochs!r}."
             )
         if self.optimizer not in OPTIMIZERS:
             raise ModelConfigError(
