@@ -423,6 +423,36 @@ def test_few_shot_retrains_only_the_classifier_and_fits_its_images(exported):
             np.testing.assert_array_equal(np.asarray(w), frozen[w.path], err_msg=w.path)
 
 
+def test_softmax_regression_takes_kerass_adam_steps_and_is_seeded():
+    """The few-shot classifier's NumPy loop against Keras: one softmax Dense layer trained
+    with Keras's Adam on the same batches gives the same weights; the batches' order is
+    drawn from the seed."""
+    from bloodcells import adapt
+
+    rng = np.random.default_rng(7)
+    feats = rng.normal(size=(40, 6)).astype("float32")
+    y = rng.integers(0, 3, size=40)
+    start = (rng.normal(size=(6, 3)).astype("float32"), rng.normal(size=3).astype("float32"))
+    # one batch per epoch: the order does not change the gradient, so Keras's fit (which
+    # shuffles its own way) takes the very same steps
+    kernel, bias = adapt.softmax_regression(feats, y, start, 25, 0.05, seed=0, batch_size=40)
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Dense(3, activation="softmax")
+    head = keras.Sequential([keras.Input((6,)), layer])
+    layer.set_weights(list(start))
+    head.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
+    head.fit(feats, y, epochs=25, batch_size=40, shuffle=False, verbose=0)
+    np.testing.assert_allclose(kernel, layer.get_weights()[0], atol=2e-4)
+    np.testing.assert_allclose(bias, layer.get_weights()[1], atol=2e-4)
+    assert not np.allclose(kernel, start[0], atol=0.1)  # it did train
+    # mini-batches: the seed draws their order
+    a = adapt.softmax_regression(feats, y, start, 3, 0.05, seed=0, batch_size=8)
+    b = adapt.softmax_regression(feats, y, start, 3, 0.05, seed=0, batch_size=8)
+    c = adapt.softmax_regression(feats, y, start, 3, 0.05, seed=1, batch_size=8)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.allclose(a[0], c[0])
+
+
 def test_adaptation_benchmark_scores_each_method_and_restores_the_model(exported):
     from bloodcells import adapt
 
