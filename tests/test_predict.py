@@ -453,6 +453,22 @@ def test_softmax_regression_takes_kerass_adam_steps_and_is_seeded():
     assert not np.allclose(a[0], c[0])
 
 
+def test_fit_classifier_refuses_a_classifier_that_is_not_softmax():
+    """Few-shot adaptation retrains a softmax layer: a ``probs`` layer with another
+    activation is refused, naming the layer and its activation, and left untouched."""
+    from bloodcells import adapt
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(5, activation="relu")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="sigmoid", name="probs")(hidden))
+    before = [w.copy() for w in model.get_layer("probs").get_weights()]
+    x = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
+    with pytest.raises(ValueError, match=r"'probs' has activation 'sigmoid'.*softmax"):
+        adapt.fit_classifier(model, x, np.arange(6) % 3, epochs=2, learning_rate=0.01)
+    for w, b in zip(model.get_layer("probs").get_weights(), before, strict=True):
+        np.testing.assert_array_equal(w, b)
+
+
 def test_adaptation_benchmark_scores_each_method_and_restores_the_model(exported):
     from bloodcells import adapt
 

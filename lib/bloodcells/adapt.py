@@ -160,11 +160,12 @@ def fit_classifier(
     ``x``, ``y``, in place, from its current weights (:func:`softmax_regression`); every
     earlier layer frozen (their outputs are computed once). Deterministic given ``seed``."""
     probs = model.get_layer("probs")
-    if probs.get_config().get("activation") != "softmax":
+    activation = probs.get_config().get("activation")
+    if activation != "softmax":
         raise ValueError(
-            f"The classifier layer 'probs' has activation "
-            f"{probs.get_config().get('activation')!r}; few-shot adaptation retrains a softmax "
-            "layer. Export the model with the study's code (a softmax 'probs' layer)."
+            f"The classifier layer 'probs' has activation {activation!r}; few-shot "
+            "adaptation retrains a softmax layer. Export the model with the study's code "
+            "(a softmax 'probs' layer)."
         )
     kernel, bias = probs.get_weights()
     trained = softmax_regression(features(model, x), np.asarray(y), (kernel, bias), epochs,
