@@ -15,9 +15,12 @@ from bloodcells.config import ParamsError, load_params
 from tests.conftest import ROOT, mini_project
 
 
-@pytest.fixture(scope="module")
-def overnight():
-    return load_params(ROOT / "params.yaml", profile="overnight")
+@pytest.fixture()
+def on_demand():
+    """The default profile with the ablation run, as `dvc exp run -S ablation.run=all`."""
+    params = load_params(ROOT / "params.yaml", profile="cpu")
+    params["ablation"]["run"] = ablation.ALL
+    return params
 
 
 @pytest.mark.parametrize(
@@ -33,6 +36,9 @@ def overnight():
         ({"changes": {"Big-LR": {"dropout": 0.2}}}, r"'ablation\.changes\.Big-LR': a change's"),
         ({"changes": {"x": {}}}, r"'ablation\.changes\.x' must map one or more settings"),
         ({"changes": {"x": {"momentum": 0.9}}}, r"'ablation\.changes\.x' sets momentum; a chan"),
+        ({"run": True}, r"'ablation\.run' must be 'all' or a list of distinct names from"),
+        ({"run": ["ema", "ema"]}, r"'ablation\.run' must be 'all' or a list of distinct"),
+        ({"run": ["emma"]}, r"'ablation\.changes' \(ema, warmup, .*\[\] trains nothing\); got"),
         ({"changes": {"x": {"image_size": 48}}}, r"'ablation\.changes\.x\.image_size' is 48, wh"),
         (
             {"changes": {"x": {"ema_momentum": 1.5}}},
@@ -48,36 +54,53 @@ def overnight():
         ),
     ],
 )
-def test_bad_settings_name_the_key(overnight, change, message):
-    params = copy.deepcopy(overnight)
+def test_bad_settings_name_the_key(on_demand, change, message):
+    params = on_demand
     params["ablation"].update(change)
     with pytest.raises(ParamsError, match=message):
         ablation.check_params(params["ablation"], params)
 
 
-def test_every_profile_checks(overnight):
+def test_no_cpu_profile_runs_it_and_run_selects_the_changes(on_demand):
     for profile in ("smoke", "cpu", "overnight", "paper"):
         params = load_params(ROOT / "params.yaml", profile=profile)
         assert ablation.check_params(params["ablation"], params) is params["ablation"]
-    cpu = load_params(ROOT / "params.yaml", profile="cpu")
-    assert ablation.plan(cpu) == [] and plan.sizes_used(cpu, "ablation") == []
-    assert not [r for r in estimate.study_runs(cpu, 100, 20, 30) if r.stage == ablation.STAGE]
+    for profile in ("cpu", "overnight"):  # on demand only: neither budget has its hours
+        params = load_params(ROOT / "params.yaml", profile=profile)
+        assert params["ablation"]["run"] == [] and len(params["ablation"]["changes"]) >= 7
+        assert ablation.plan(params) == [] and plan.sizes_used(params, "ablation") == []
+        assert not [
+            r for r in estimate.study_runs(params, 100, 20, 30) if r.stage == "train-ablation"
+        ]
+    # one change, as `-S 'ablation.run=[warmup]'`: the base and it, under every seed
+    on_demand["ablation"]["run"] = ["warmup"]
+    assert [r["variant"] for r in ablation.plan(on_demand)] == [
+        f"{name}_s{seed}" for name in ("base", "warmup") for seed in (42, 43, 44)
+    ]
+    # nothing run: one seed is enough, and a change that does not fit the base is checked
+    # only once it is selected (smoke's 32 px CNN cannot grow from 64 px)
+    smoke = load_params(ROOT / "params.yaml", profile="smoke")
+    smoke["ablation"].update(seeds=[42], run=[])
+    assert ablation.check_params(smoke["ablation"], smoke) and ablation.plan(smoke) == []
+    smoke["ablation"].update(seeds=[42, 43], run=["progressive"])
+    with pytest.raises(ParamsError, match=r"progressive_from.*\(from 'ablation\.changes\.progr"):
+        ablation.check_params(smoke["ablation"], smoke)
 
 
-def test_the_plan_and_each_runs_config(overnight):
-    section = overnight["ablation"]
-    runs = ablation.plan(overnight)
+def test_the_plan_and_each_runs_config(on_demand):
+    section = on_demand["ablation"]
+    runs = ablation.plan(on_demand)
     names = ["base", *section["changes"]]
     assert [(r["change"], r["seed"]) for r in runs] == [
         (n, s) for n in names for s in section["seeds"]
     ]
     assert {r["variant"] for r in runs} == {f"{n}_s{s}" for n in names for s in section["seeds"]}
-    base = ablation.config(overnight, section, "base", 43)
-    own = load_params(ROOT / "params.yaml", profile="overnight")["models"]["cnn"]
+    base = ablation.config(on_demand, section, "base", 43)
+    own = load_params(ROOT / "params.yaml", profile="cpu")["models"]["cnn"]
     assert (base.epochs, base.seed, base.label_smoothing) == (section["epochs"], 43, 0.1)
     assert base.conv_widths == own["conv_widths"] and base.ema_momentum == 0.0
     for name, settings in section["changes"].items():
-        cfg = ablation.config(overnight, section, name, 43)
+        cfg = ablation.config(on_demand, section, name, 43)
         for key, value in settings.items():
             assert getattr(cfg, key) == value
         # everything else is the base's
@@ -85,10 +108,10 @@ def test_the_plan_and_each_runs_config(overnight):
         assert {k: getattr(cfg, k) for k in same} == same
     # the estimate plans every run at the study's epochs, at the base's size
     planned = [
-        r for r in estimate.study_runs(overnight, 100, 20, 30) if r.stage == "train-ablation"
+        r for r in estimate.study_runs(on_demand, 100, 20, 30) if r.stage == "train-ablation"
     ]
     assert len(planned) == len(runs) and {r.epochs for r in planned} == {section["epochs"]}
-    assert plan.sizes_used(overnight, "ablation") == [own["image_size"]]
+    assert plan.sizes_used(on_demand, "ablation") == [own["image_size"]]
 
 
 def _runs(val_y, accs: dict[str, list[float]], rng) -> pd.DataFrame:
@@ -152,7 +175,7 @@ def test_the_ablation_trains_on_the_sample_and_chooses_on_validation(
     validation: the verdicts do not move, since the test split is never read."""
     root = mini_project(tmp_path, built[0], sample_dir)
     params = copy.deepcopy(load_params(ROOT / "params.yaml", profile="smoke"))
-    params["ablation"]["changes"] = {"ema": {"ema_momentum": 0.9}}
+    params["ablation"].update(changes={"ema": {"ema_momentum": 0.9}}, run=ablation.ALL)
     section = ablation.check_params(params["ablation"], params)
     planned = ablation.train_ablation(params, root, verbose=0)
     assert [r["variant"] for r in planned] == ["base_s42", "base_s43", "ema_s42", "ema_s43"]
@@ -187,9 +210,15 @@ def test_the_report_says_when_the_profile_does_not_run_it():
     cpu = load_params(ROOT / "params.yaml", profile="cpu")
     assert not ablation_report.is_run(cpu)
     note = ablation_report.not_run_note(cpu)
-    assert "Not run under profile `cpu`" in note and "profiles.overnight.ablation" in note
+    assert note.startswith("Not run under profile `cpu`: `ablation.run` selects no change")
+    assert "`dvc exp run -S ablation.run=all` trains it and nothing else" in note
+    assert "under 3 seeds at 4 epochs" in note
+    assert all(f"`{name}`" in note for name in cpu["ablation"]["changes"])
     body = ablation_report.summary(cpu, None)
     assert body == {"profile": "cpu", "run": False, "ablation": cpu["ablation"]}
+    cpu["ablation"].update(run="all", changes={})
+    assert not ablation_report.is_run(cpu)
+    assert "`ablation.changes` is empty" in ablation_report.not_run_note(cpu)
 
 
 def test_the_metrics_file_holds_no_wall_clock_figure():

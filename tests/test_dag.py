@@ -217,10 +217,11 @@ EDITS = [
         {"compare"},  # not train-matched
     ),
     (
-        "the ablation's changes: ablation.changes (active)",
-        _edit_yaml(_smoke("ablation", "changes", value={"ema": {"ema_momentum": 0.5}})),
+        "the changes the ablation trains: ablation.run (active)",
+        _edit_yaml(_smoke("ablation", "run", value=["ema"])),
         (),
-        # the base's persistent runs are reused; the report reads the section
+        # the base's and ema's persistent runs are reused, warmup's pruned; the report reads
+        # the section; nothing else (README: `dvc exp run -S ablation.run=all` after a run)
         {"train-ablation", "compare", "site"},
     ),
     (

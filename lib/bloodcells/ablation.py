@@ -4,7 +4,9 @@ by more than its seed spread.
 
 The ``ablation`` params section names the ``base`` (a ``models`` entry trained by its
 ``train@<key>`` stage: its whole recipe is the starting point), the ``seeds`` every run
-trains under, ``epochs`` (null: the base's own; else every run's, the reports say so) and
+trains under, ``epochs`` (null: the base's own; else every run's, the reports say so),
+``run`` (the changes trained: ``[]``, a list of names from ``changes``, or ``all``; no
+CPU profile trains any, the study runs on demand with ``dvc exp run -S ablation.run=all``) and
 ``changes``: ``{name: {setting: value}}``, each a few :class:`bloodcells.train.TrainConfig`
 settings (:data:`CHANGE_KEYS`: the EMA of the weights, a warm-up, label smoothing, widths,
 BatchNorm without a learned scale, a frozen patch-whitening stem, progressive resizing,
@@ -12,8 +14,10 @@ image size, learning rate, ...) tried alone against the base. The base and every
 train under every seed, in ``models/ablation/<name>_s<seed>/`` (model, validation and test
 predictions, record; trained once per training key, resumable), beside
 ``models/ablation/plan.json``; the output persists (``dvc.yaml``), so a new change trains
-alone and :func:`bloodcells.seeds.prune_runs` removes the runs no longer planned. With no
-changes the study trains nothing (the ``cpu`` profile, whose budget is spent elsewhere).
+alone and :func:`bloodcells.seeds.prune_runs` removes the runs no longer planned. Not run,
+or with no changes, the study trains nothing: 8 recipes x 3 seeds x 4 epochs of the 96 px
+CNN are about 290 training minutes on a 2-core AVX2 CPU, more than either CPU profile's
+budget leaves (decision 025).
 
 The verdicts (:mod:`bloodcells.ablation_report`) read validation predictions only: the
 test split is scored once, for the final model, never to pick a change.
@@ -33,6 +37,8 @@ STAGE = "train-ablation"
 TIMINGS = f"train-{SECTION}"
 #: the run every change is compared with
 BASE = "base"
+#: ``ablation.run``'s value that trains every change
+ALL = "all"
 #: the settings a change may set (TrainConfig fields)
 CHANGE_KEYS = (
     "ema_momentum",
@@ -66,7 +72,7 @@ def check_params(section: dict | None, params: dict) -> dict:
     error names the key and what to do."""
     if not isinstance(section, dict):
         raise ParamsError(f"Params key '{SECTION}' must be a mapping; got {section!r}.")
-    for key in ("base", "seeds", "epochs", "changes"):
+    for key in ("base", "seeds", "epochs", "run", "changes"):
         if key not in section:
             raise ParamsError(f"Missing params key '{SECTION}.{key}' in params.yaml.")
     base, models = section["base"], params["models"]
@@ -87,12 +93,23 @@ def check_params(section: dict | None, params: dict) -> dict:
             f"Params key '{SECTION}.changes' must be a mapping of name to settings "
             f"(empty: the study trains nothing); got {changes!r}."
         )
+    run = section["run"]
+    if run != ALL and (
+        not isinstance(run, list)
+        or not all(isinstance(name, str) and name in changes for name in run)
+        or len(set(run)) != len(run)
+    ):
+        raise ParamsError(
+            f"Params key '{SECTION}.run' must be '{ALL}' or a list of distinct names from "
+            f"'{SECTION}.changes' ({', '.join(changes) or 'none'}; [] trains nothing); got "
+            f"{run!r}."
+        )
     seeds = section["seeds"]
     if (
         not isinstance(seeds, list)
         or not all(_is_int(s, 0) for s in seeds)
         or len(set(seeds)) != len(seeds)
-        or (changes and len(seeds) < 2)
+        or (selected(section) and len(seeds) < 2)
     ):
         raise ParamsError(
             f"Params key '{SECTION}.seeds' must list two or more distinct integers >= 0 "
@@ -128,7 +145,10 @@ def check_params(section: dict | None, params: dict) -> dict:
                 f"Params key '{where}.image_size' is {size!r}, which is not among the cached "
                 f"sizes 'preprocess.image_sizes' {sizes}; add it there."
             )
-    for name in [BASE, *changes]:  # every value in range, named by this section's key
+    # every value of a run in range, named by this section's key (a change not run may not
+    # fit this profile's base: smoke's 32 px CNN cannot grow from 64 px; it is checked
+    # when `run` selects it)
+    for name in [BASE, *selected(section)]:
         try:
             config(params, section, name, seeds[0] if seeds else 0)
         except Exception as err:  # noqa: BLE001 - ModelConfigError or a bad value's TypeError
@@ -149,15 +169,21 @@ def config(params: dict, section: dict, name: str, seed: int):
     return family_config(params, section["base"], **overrides)
 
 
+def selected(section: dict) -> dict:
+    """``{name: settings}`` of the changes ``section["run"]`` trains, in their order."""
+    run, changes = section["run"], section["changes"]
+    return dict(changes) if run == ALL else {n: changes[n] for n in changes if n in run}
+
+
 def run_name(name: str, seed: int) -> str:
     return f"{name}_s{seed}"
 
 
 def plan(params: dict) -> list[dict]:
     """Every run: ``{"change", "seed", "key", "variant", "settings"}``, the base first;
-    none when the section has no changes."""
+    none when ``run`` selects no change."""
     section = params[SECTION]
-    changes = section["changes"]
+    changes = selected(section)
     if not changes:
         return []
     return [

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bloodcells.ablation import BASE, SECTION, STAGE, TIMINGS
+from bloodcells.ablation import BASE, SECTION, STAGE, TIMINGS, plan
 from bloodcells.experiment import load_predictions, read_run
 from bloodcells.paths import project_root
 from bloodcells.seed_report import read_plan, seeded_difference
@@ -27,18 +27,26 @@ from bloodcells.timing import read_timings
 
 
 def is_run(params: dict) -> bool:
-    """Whether the active profile runs the study (``ablation.changes`` not empty)."""
-    return bool(params[SECTION]["changes"])
+    """Whether the study trains here (``ablation.run`` selects a change)."""
+    return bool(plan(params))
 
 
 def not_run_note(params: dict) -> str:
-    """What a profile without the study says instead of a table: nothing measured here,
-    and which profile measures it."""
+    """What a run without the study says instead of a table: nothing measured here, and
+    how to measure it."""
+    section = params[SECTION]
+    why = (
+        "`ablation.run` selects no change" if section["changes"] else "`ablation.changes` is empty"
+    )
+    changes = ", ".join(f"`{name}`" for name in section["changes"]) or "none listed"
+    epochs = f"{section['epochs']} epochs" if section["epochs"] else "the base's epochs"
     return (
-        f"Not run under profile `{params['profile']}`: `{SECTION}.changes` is empty, so this "
-        "report keeps or drops no change of the recipe and claims nothing about one. The "
-        "`overnight` profile runs the ablation (its changes: `profiles.overnight.ablation` in "
-        "`params.yaml`); run it with `dvc exp run -S profile=overnight`."
+        f"Not run under profile `{params['profile']}`: {why}, so this report keeps or drops "
+        "no change of the recipe and claims nothing about one. The ablation runs on demand: "
+        f"every recipe under {len(section['seeds'])} seeds at {epochs}, more than a CPU "
+        "profile's budget leaves (`make estimate` with `ablation.run: all` says how long "
+        "here). After `make repro`, `dvc exp run -S ablation.run=all` trains it and "
+        f"nothing else; its changes (`ablation.changes` in `params.yaml`): {changes}."
     )
 
 

@@ -157,9 +157,10 @@ def sizes_used(params: dict, key: str) -> list[int]:
         return [int(params[key]["image_size"])] if params[key]["families"] else []
     if key == ablation.SECTION:
         section = params[key]
-        if not section["changes"]:
+        run = ablation.selected(section)
+        if not run:
             return []
-        changed = {c["image_size"] for c in section["changes"].values() if "image_size" in c}
+        changed = {c["image_size"] for c in run.values() if "image_size" in c}
         return sorted({*sizes_used(params, section["base"]), *map(int, changed)})
     entry = params["models"][key]
     size = entry.get("image_size") or params["train"].get("image_size")
