@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from bloodcells import acquire
 from bloodcells.acquire import AcquireError
+from bloodcells.paths import project_root
 
 
 def params_for(*sources: dict, complete: bool = False) -> dict:
@@ -131,6 +133,17 @@ def test_env_var_source_comes_first(sample_dir, tmp_path, monkeypatch):
     acquire.acquire(params_for({"path": "/nonexistent"}), dest)
     assert "PBC_DATA" not in (dest / ".verified").read_text()
     assert str(sample_dir) in (dest / ".verified").read_text()
+
+
+def test_the_stamp_holds_the_source_as_written(sample_dir, tmp_path):
+    """A source relative to the project stamps as written, not resolved: the verified copy,
+    stamp included, hashes the same in every checkout of the project, wherever it lies."""
+    relative = os.path.relpath(sample_dir, project_root())
+    assert not Path(relative).is_absolute()
+    dest = tmp_path / "raw" / "PBC_dataset_normal_DIB"
+    acquire.acquire(params_for({"path": relative}), dest)
+    n = file_count(sample_dir)
+    assert (dest / ".verified").read_text() == f"{relative}\n{n} files verified\n"
 
 
 def test_source_is_never_modified(sample_dir, tmp_path):

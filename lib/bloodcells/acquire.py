@@ -206,11 +206,14 @@ def acquire_from(source: dict, dest: Path, checksums: dict, expect_complete: boo
     with tempfile.TemporaryDirectory(dir=root, prefix=".acquire-") as work:
         work_dir = Path(work)
         if "url" in source:
-            origin = source["url"]
+            origin = stamped = source["url"]
             path = _download(origin, work_dir)
         else:
             path = resolve(source["path"])
             origin = str(path)
+            # as written: a path relative to the project stamps the same in every checkout,
+            # so the copy's DVC hash does not depend on where the project was cloned
+            stamped = str(source["path"])
             if not path.exists():
                 raise SourceError(f"{origin}: does not exist.")
         expected = source.get("sha256")
@@ -225,7 +228,7 @@ def acquire_from(source: dict, dest: Path, checksums: dict, expect_complete: boo
         tmp.mkdir()
         verifier = Verifier(checksums, expect_complete)
         _extract(path, tmp, verifier, origin)
-        (tmp / STAMP).write_text(f"{origin}\n{len(verifier.seen)} files verified\n")
+        (tmp / STAMP).write_text(f"{stamped}\n{len(verifier.seen)} files verified\n")
         if dest.exists():
             shutil.rmtree(dest)
         tmp.rename(dest)
