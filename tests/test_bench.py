@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bloodcells import bench
+from bloodcells import ablation, bench
 from bloodcells.config import load_params
 from bloodcells.timing import record_stage_time
 from tests.conftest import ROOT, fresh_python, mini_project
@@ -151,9 +151,11 @@ def test_estimate_plans_every_run_and_multiplies_out(tmp_path, monkeypatch):
     }  # fmt: skip
     ablated = [(r.what, r.epochs, dict(r.overrides)) for r in runs if r.stage == "train-ablation"]
     ab = params["ablation"]
+    chosen = ablation.selected(ab)  # the changes `run` selects, not all those listed
+    assert list(chosen) == ab["run"] and set(chosen) < set(ab["changes"])
     assert ablated == [
-        (f"{name} seed {seed}", ab["epochs"], ab["changes"].get(name, {}))
-        for name in ["base", *ab["changes"]]
+        (f"{name} seed {seed}", ab["epochs"], chosen.get(name, {}))
+        for name in ["base", *chosen]
         for seed in ab["seeds"]
     ]
     # the seed spread: each seeded family's other seeds, not its own run again
