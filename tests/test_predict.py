@@ -423,6 +423,77 @@ def test_few_shot_retrains_only_the_classifier_and_fits_its_images(exported):
             np.testing.assert_array_equal(np.asarray(w), frozen[w.path], err_msg=w.path)
 
 
+def test_dihedral_views_are_the_turns_and_mirrors_with_their_labels():
+    from bloodcells import adapt
+
+    x = np.arange(2 * 3 * 3 * 1).reshape(2, 3, 3, 1)
+    views, labels = adapt.dihedral_views(x, np.array([4, 7]), 8)
+    assert views.shape == (16, 3, 3, 1) and list(labels) == [4, 7] * 8
+    distinct = {views[i].tobytes() for i in range(0, 16, 2)}  # the first image's 8 views
+    assert len(distinct) == 8  # an asymmetric image: every view differs
+    np.testing.assert_array_equal(views[:2], x)  # view 0 is the image itself
+    np.testing.assert_array_equal(views[2], np.rot90(x[0], 1))
+    one, _ = adapt.dihedral_views(x, np.array([4, 7]), 1)
+    np.testing.assert_array_equal(one, x)
+
+
+def test_few_shot_on_views_trains_the_classifier_on_every_view(exported, monkeypatch):
+    """With ``views``, the classifier layer learns from each support image's dihedral
+    views: the features it is fitted on are those of the 8 views, labels repeated."""
+    from bloodcells import adapt
+
+    path, _, _ = exported
+    model, _ = export.load_exported(path)
+    xv, yv = (np.asarray(a) for a in experiment.load_splits(32, path.parent)["train"])
+    keep = adapt.per_class(yv, 2, seed=0)
+    seen = {}
+    fit = adapt.softmax_regression
+
+    def spy(feats, y, *args, **kwargs):
+        seen["feats"], seen["y"] = feats, y
+        return fit(feats, y, *args, **kwargs)
+
+    monkeypatch.setattr(adapt, "softmax_regression", spy)
+    adapt.few_shot(model, xv[keep], yv[keep], epochs=2, learning_rate=0.01, seed=0, views=8)
+    assert len(seen["feats"]) == 8 * len(keep)
+    np.testing.assert_array_equal(seen["y"], np.tile(yv[keep], 8))
+    turned = adapt.features(model, np.rot90(xv[keep], 1, axes=(1, 2)))
+    np.testing.assert_allclose(
+        seen["feats"][len(keep) : 2 * len(keep)], turned, rtol=1e-4, atol=1e-5
+    )
+
+
+def test_few_shot_fine_tuning_trains_the_network_fits_its_images_and_is_seeded(exported):
+    """``fine_tune_epochs``: the whole network trains (earlier layers' weights move, not
+    only the classifier's), the support images are fitted better than before, and the same
+    seed gives the same weights."""
+    from bloodcells import adapt
+    from bloodcells.inference import predict_proba
+
+    path, _, _ = exported
+    xv, yv = (np.asarray(a) for a in experiment.load_splits(32, path.parent)["train"])
+    keep = adapt.per_class(yv, 4, seed=0)
+    x, y = xv[keep], yv[keep]
+    runs = []
+    for _ in range(2):
+        model, _ = export.load_exported(path)
+        before_loss = -np.log(predict_proba(model, x)[0][np.arange(len(y)), y]).mean()
+        start = {w.path: np.asarray(w).copy() for w in model.trainable_weights}
+        adapt.few_shot(model, x, y, 1, 0.001, seed=3, views=8, fine_tune_epochs=3,
+                       fine_tune_learning_rate=0.001)  # fmt: skip
+        after_loss = -np.log(predict_proba(model, x)[0][np.arange(len(y)), y]).mean()
+        assert after_loss < before_loss
+        moved = {p for p, w in start.items() if not np.allclose(w, _weight(model, p))}
+        assert any(not p.startswith("probs/") for p in moved), moved  # not the head alone
+        runs.append([np.asarray(w) for w in model.weights])
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _weight(model, path: str) -> np.ndarray:
+    return next(np.asarray(w) for w in model.weights if w.path == path)
+
+
 def test_softmax_regression_takes_kerass_adam_steps_and_is_seeded():
     """The few-shot classifier's NumPy loop against Keras: one softmax Dense layer trained
     with Keras's Adam on the same batches gives the same weights; the batches' order is
@@ -533,6 +604,8 @@ def test_the_adapt_command_writes_a_model_predict_reads(exported, sample_dir, tm
     assert set(meta["adapted"]["images_per_class"]) == set(meta["classes"])
     assert meta["adapted"]["unreadable"]  # the sample's odd files
     assert meta["model"] == export.read_metadata(path)["model"]
+    assert meta["adapted"]["views"] == adapt.DEFAULTS["views"]  # what it trained on, recorded
+    assert "classifier layer" in meta["adapted"]["trained"]
     rows = list(predict.predict_files(model, meta, files[:4], 4, progress=False))
     assert all(error is None for _, _, error, _ in rows)
 
@@ -557,6 +630,11 @@ def test_the_adapt_command_errors_name_the_problem(exported, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "matches none of the eight PBC classes" in err and "neutrophil" in err
     assert not (tmp_path / "a.keras").exists()
+    for option, value in (("--views", "9"), ("--fine-tune-epochs", "-2")):
+        assert adapt.main([str(path), str(tmp_path), "--out", str(tmp_path / "a.keras"),
+                           option, value]) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.startswith(f"bloodcells-adapt: {option} must be an integer"), err
 
 
 def test_inference_batches_by_pixels_and_predicts_the_same_whatever_the_batch(exported):

@@ -99,6 +99,10 @@ def test_params_errors_name_the_key():
         ({"external": "folder"}, "external"),
         ({"export_within": 1.5}, "export_within"),
         ({"adapt": {"epochs": 0}}, "adapt.epochs"),
+        ({"adapt": {"views": 9}}, "adapt.views"),
+        ({"adapt": {"views": 0}}, "adapt.views"),
+        ({"adapt": {"fine_tune_epochs": -1}}, "adapt.fine_tune_epochs"),
+        ({"adapt": {"fine_tune_learning_rate": 0}}, "adapt.fine_tune_learning_rate"),
     ):
         with pytest.raises(ValueError, match=f"'generalisation.{key}'"):
             shift.check_params(good | change)
