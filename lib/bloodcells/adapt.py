@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -279,8 +280,14 @@ def per_class(y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(picks))
 
 
-def check_settings(section: dict | None) -> dict:
-    """``generalisation.adapt`` with its defaults filled in; errors name the key."""
+def params_key(key: str) -> str:
+    """How :func:`check_settings` names a setting by default: its params key."""
+    return f"Params key 'generalisation.adapt.{key}'"
+
+
+def check_settings(section: dict | None, name: Callable[[str], str] = params_key) -> dict:
+    """``generalisation.adapt`` with its defaults filled in; errors name the setting as
+    ``name(key)`` says (by default its params key)."""
     from bloodcells.config import ParamsError
 
     out = DEFAULTS | (section or {})
@@ -297,7 +304,7 @@ def check_settings(section: dict | None) -> dict:
         v = out[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < low or (high and v > high):
             raise ParamsError(
-                f"Params key 'generalisation.adapt.{key}' must be an integer from {low}"
+                f"{name(key)} must be an integer from {low}"
                 f"{f' to {high}' if high else ' up'}; got {v!r}."
             )
     from bloodcells.shift import SHIFTS
@@ -306,7 +313,7 @@ def check_settings(section: dict | None) -> dict:
         not isinstance(out["shifts"], list) or not set(out["shifts"]) <= set(SHIFTS)
     ):
         raise ParamsError(
-            f"Params key 'generalisation.adapt.shifts' must be null (all) or a list of "
+            f"{name('shifts')} must be null (all) or a list of "
             f"{list(SHIFTS)}; got {out['shifts']!r}."
         )
     seeds = out["seeds"]
@@ -316,16 +323,11 @@ def check_settings(section: dict | None) -> dict:
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds)
         or len(set(seeds)) != len(seeds)
     ):
-        raise ParamsError(
-            f"Params key 'generalisation.adapt.seeds' must be a list of distinct integers; "
-            f"got {seeds!r}."
-        )
+        raise ParamsError(f"{name('seeds')} must be a list of distinct integers; got {seeds!r}.")
     for key in ("learning_rate", "fine_tune_learning_rate"):
         lr = out[key]
         if not isinstance(lr, int | float) or isinstance(lr, bool) or not 0 < lr < 1:
-            raise ParamsError(
-                f"Params key 'generalisation.adapt.{key}' must be in (0, 1); got {lr!r}."
-            )
+            raise ParamsError(f"{name(key)} must be in (0, 1); got {lr!r}.")
     return out
 
 
@@ -471,18 +473,8 @@ def save_adapted(model, metadata: dict, how: dict, dest: Path) -> Path:
 
 def command_settings(args: argparse.Namespace) -> dict:
     """The command's options as :func:`check_settings` settings; an error names the option."""
-    from bloodcells.config import ParamsError
-
     given = {k: getattr(args, k) for k in ("epochs", "learning_rate", *FEW_SHOT_OPTIONS)}
-    try:
-        return check_settings(given)
-    except ParamsError as exc:
-        key = next(k for k in given if f"adapt.{k}'" in str(exc))
-        raise ValueError(
-            str(exc).replace(
-                f"Params key 'generalisation.adapt.{key}'", "--" + key.replace("_", "-")
-            )
-        ) from None
+    return check_settings(given, name=lambda key: "--" + key.replace("_", "-"))
 
 
 def main(argv: list[str] | None = None) -> int:
