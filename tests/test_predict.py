@@ -638,7 +638,7 @@ def test_the_adapt_command_errors_name_the_problem(exported, tmp_path, capsys):
 
 
 def test_inference_batches_by_pixels_and_predicts_the_same_whatever_the_batch(exported):
-    from bloodcells.inference import batch_size_for, predict_proba
+    from bloodcells.inference import TRACE_FROM_BATCHES, batch_size_for, predict_proba
 
     path, _, _ = exported
     model, _ = export.load_exported(path)
@@ -651,10 +651,21 @@ def test_inference_batches_by_pixels_and_predicts_the_same_whatever_the_batch(ex
     calls = []
 
     def counting(batch, training):
-        calls.append(len(batch))
+        calls.append(batch.shape[0])  # None while traced: any batch size
         return model(batch, training=training)
 
     whole, _ = predict_proba(model, x)
-    split, _ = predict_proba(counting, x, batch_size=7)
+    assert len(x) < 256 * TRACE_FROM_BATCHES  # fewer batches than that: eager
+    split, _ = predict_proba(counting, x, batch_size=7, traced=False)
     assert calls == [7] * (len(x) // 7) + ([len(x) % 7] if len(x) % 7 else [])
     np.testing.assert_allclose(split, whole, rtol=1e-5, atol=1e-6)  # same order, same values
+    # as many batches as TRACE_FROM_BATCHES, the last one shorter: traced once, for them all
+    size = -(-len(x) // TRACE_FROM_BATCHES)
+    assert len(x) % size and len(range(0, len(x), size)) == TRACE_FROM_BATCHES
+    calls.clear()
+    traced, _ = predict_proba(counting, x, batch_size=size)
+    assert calls == [None]
+    np.testing.assert_allclose(traced, whole, rtol=1e-5, atol=1e-6)
+    calls.clear()
+    predict_proba(counting, x, batch_size=size + 1)  # one batch fewer: eager
+    assert None not in calls and len(calls) == TRACE_FROM_BATCHES - 1

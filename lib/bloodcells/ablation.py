@@ -104,12 +104,12 @@ def check_params(section: dict | None, params: dict) -> dict:
             f"'{SECTION}.changes' ({', '.join(changes) or 'none'}; [] trains nothing); got "
             f"{run!r}."
         )
-    seeds = section["seeds"]
+    seeds, chosen = section["seeds"], selected(section)
     if (
         not isinstance(seeds, list)
         or not all(_is_int(s, 0) for s in seeds)
         or len(set(seeds)) != len(seeds)
-        or (selected(section) and len(seeds) < 2)
+        or (chosen and len(seeds) < 2)
     ):
         raise ParamsError(
             f"Params key '{SECTION}.seeds' must list two or more distinct integers >= 0 "
@@ -148,7 +148,7 @@ def check_params(section: dict | None, params: dict) -> dict:
     # every value of a run in range, named by this section's key (a change not run may not
     # fit this profile's base: smoke's 32 px CNN cannot grow from 64 px; it is checked
     # when `run` selects it)
-    for name in [BASE, *selected(section)]:
+    for name in [BASE, *chosen]:
         try:
             config(params, section, name, seeds[0] if seeds else 0)
         except Exception as err:  # noqa: BLE001 - ModelConfigError or a bad value's TypeError

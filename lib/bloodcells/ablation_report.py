@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bloodcells.ablation import BASE, SECTION, STAGE, TIMINGS, plan
+from bloodcells.ablation import BASE, SECTION, STAGE, TIMINGS, selected
 from bloodcells.experiment import load_predictions, read_run
 from bloodcells.paths import project_root
 from bloodcells.seed_report import read_plan, seeded_difference
@@ -28,7 +28,7 @@ from bloodcells.timing import read_timings
 
 def is_run(params: dict) -> bool:
     """Whether the study trains here (``ablation.run`` selects a change)."""
-    return bool(plan(params))
+    return bool(selected(params[SECTION]))
 
 
 def not_run_note(params: dict) -> str:

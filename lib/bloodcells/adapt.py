@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 #: the adaptation settings of the shift benchmark and the command (params
 #: ``generalisation.adapt``): labelled images per class, unlabelled images for AdaBN,

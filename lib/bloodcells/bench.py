@@ -197,8 +197,7 @@ def bench_family(
     configure_tensorflow(cfg)
     batch = cfg.batch_size * distribution_strategy().num_replicas_in_sync
     with distribution_strategy().scope():
-        # (a schedule over at least an epoch: the hybrid's joint phase may have none)
-        model = compiled_classifier(cfg, max(cfg.epochs, 1) * -(-len(x_tr) // batch))
+        model = compiled_classifier(cfg, cfg.epochs * -(-len(x_tr) // batch))
     pipeline = make_dataset(
         x_tr, y_tr, batch, True, cfg.augment, cfg.seed, views=cfg.dihedral_views
     ).repeat()

@@ -77,6 +77,19 @@ def _check_fraction(params: dict, key: str) -> None:
         raise ParamsError(f"Params key '{key}' must be a number in (0, 1); got {value!r}.")
 
 
+def least_epochs(family: str, frozen_epochs: object = None) -> int:
+    """The fewest ``epochs`` a run of ``family`` may have: 1, but 0 for the hybrid with a
+    frozen phase (``frozen_epochs`` >= 1). The hybrid's ``epochs`` are its joint phase's,
+    and none trains the head alone on the frozen branches (the paper's second hybrid run)."""
+    head_only = (
+        family == "hybrid"
+        and isinstance(frozen_epochs, int)
+        and not isinstance(frozen_epochs, bool)
+        and frozen_epochs >= 1
+    )
+    return 0 if head_only else 1
+
+
 def _check_positive_int(params: dict, key: str, minimum: int = 1) -> None:
     value = _require(params, key)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -173,12 +186,10 @@ def validate(params: dict) -> dict:
                     f"Params key 'models.{key}.{name}' has {bad[0]!r}; "
                     f"allowed: {', '.join(values)}."
                 )
-        if key == "hybrid" and "frozen_epochs" in entry:  # 0 joint epochs: the head only
+        if key == "hybrid" and "frozen_epochs" in entry:
             _check_positive_int(params, "models.hybrid.frozen_epochs", 0)
-            joint = 0 if entry["frozen_epochs"] >= 1 else 1
-            _check_positive_int(params, "models.hybrid.epochs", joint)
-        else:
-            _check_positive_int(params, f"models.{key}.epochs")
+        least = least_epochs(key, entry.get("frozen_epochs"))
+        _check_positive_int(params, f"models.{key}.epochs", least)
         _require(params, f"models.{key}.image_size")
         for name, size in entry.items():
             if name.endswith("image_size") and size not in sizes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -20,8 +19,6 @@ from pathlib import Path
 import numpy as np
 
 from bloodcells.paths import CLASSES
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 #: accepted folder names per class, after normalising (lower case, separators to spaces,
 #: a plural "s" dropped); abbreviations as in CellaVision exports and Raabin-WBC

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 import warnings
@@ -26,8 +25,6 @@ from bloodcells.console import native_logs_held
 from bloodcells.export import NotAModelError, load_exported
 from bloodcells.inference import predict_proba
 from bloodcells.preprocess import load_resized
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # no CUDA-probing chatter on a CPU
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 

@@ -106,9 +106,7 @@ def run_notebook(notebook: Path, params: dict | None = None, out_root: Path | No
     executed.parent.mkdir(parents=True, exist_ok=True)
     parameters = notebook_parameters(notebook, params)
     kernel = kernel_name()
-    # The kernel inherits this environment: keep TensorFlow's C++ start-up chatter (CUDA
-    # probing on a CPU machine) out of the reports.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # the kernel inherits this environment, TF_CPP_MIN_LOG_LEVEL too (bloodcells/__init__.py)
     t0 = time.perf_counter()
     failure = None
     try:

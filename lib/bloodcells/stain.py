@@ -17,16 +17,11 @@ own normalisation (the exported model's contract is pixels in, probabilities out
 
 from __future__ import annotations
 
-import os
-
+import keras
 import numpy as np
+from keras import ops
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-from keras import ops  # noqa: E402
-
-from bloodcells.shift import HED_FROM_RGB, RGB_FROM_HED  # noqa: E402
+from bloodcells.shift import HED_FROM_RGB, RGB_FROM_HED
 
 #: sRGB (D65) to CIE XYZ, and the D65 white point (the constants scikit-image uses)
 XYZ_FROM_RGB = np.array(

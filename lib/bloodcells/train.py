@@ -11,14 +11,13 @@ per-epoch curves with dvclive.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
-from bloodcells.config import BALANCE, OPTIMIZERS
+from bloodcells.config import BALANCE, OPTIMIZERS, least_epochs
 from bloodcells.families import (  # not bloodcells.models: a config needs no Keras
     BN_MOMENTUM,
     CNN_WIDTHS,
@@ -31,8 +30,6 @@ from bloodcells.families import (  # not bloodcells.models: a config needs no Ke
     get_family,
 )
 from bloodcells.inputs import VIEWS, make_dataset, progressive_sizes, steps_per_epoch
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @dataclass
@@ -80,11 +77,9 @@ class TrainConfig:
         fam = get_family(self.family, f"{key}")
         check_size(fam, self.image_size, f"{key}.image_size")
         check_weights(fam, self.weights, f"{key}.weights")
-        # the hybrid's `epochs` are its joint phase's: 0 trains the frozen phase only (the
-        # paper's second hybrid run, head only), when there is one
         frozen = self.extra.get("frozen_epochs") if self.family == "hybrid" else None
-        head_only = isinstance(frozen, int) and frozen >= 1
-        if not isinstance(self.epochs, int) or self.epochs < (0 if head_only else 1):
+        least = least_epochs(self.family, frozen)
+        if not isinstance(self.epochs, int) or isinstance(self.epochs, bool) or self.epochs < least:
             raise ModelConfigError(
                 f"Params key '{key}.epochs' must be a positive integer"
                 + (
