@@ -112,24 +112,24 @@ def train_phases(
     freeze = freeze or freeze_branches
     (x_tr, y_tr), (x_val, y_val) = data["train"], data["val"]
 
-    def phase(name: str, config: TrainConfig, net) -> TrainResult:
+    def train_phase(name: str, config: TrainConfig, net) -> TrainResult:
         return train_model(
             config, x_tr, y_tr, x_val, y_val, dirs["work"] / name, dirs["live"] / name,
             model=net, verbose=verbose,
         )  # fmt: skip
 
     if cfg.epochs == 0:  # no joint phase: the head alone on the frozen branches
-        frozen = phase("frozen", cfg2, freeze(model))
+        frozen = train_phase("frozen", cfg2, freeze(model))
         return frozen, {
             "selected_phase": "frozen",
             "val_accuracy_joint": None,
             "val_accuracy_frozen": float(frozen.history["val_accuracy"].max()),
         }
-    joint = phase("joint", cfg, model)
+    joint = train_phase("joint", cfg, model)
     with distribution_strategy().scope():
         copy = keras.models.clone_model(joint.model)
         copy.set_weights(joint.model.get_weights())
-    frozen = phase("frozen", cfg2, freeze(copy))
+    frozen = train_phase("frozen", cfg2, freeze(copy))
     best_joint = float(joint.history["val_accuracy"].max())
     best_frozen = float(frozen.history["val_accuracy"].max())
     phase = "frozen" if best_frozen > best_joint else "joint"
